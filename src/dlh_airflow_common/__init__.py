@@ -1,0 +1,36 @@
+"""dbt Core on Apache Airflow 3: hook, operator and trigger for production dbt runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe this package to Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+    return {
+        "package-name": "dlh-airflow-common",
+        "name": "DLH dbt",
+        "description": "Run dbt Core from Airflow 3 with isolated runs, typed errors and live progress.",
+        "versions": [__version__],
+        "hooks": [
+            {
+                "integration-name": "dbt Core",
+                "python-modules": ["dlh_airflow_common.hooks.dbt"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "dbt Core",
+                "python-modules": ["dlh_airflow_common.operators.dbt"],
+            }
+        ],
+        "integrations": [
+            {
+                "integration-name": "dbt Core",
+                "external-doc-url": "https://docs.getdbt.com/",
+                "tags": ["software"],
+            }
+        ],
+    }

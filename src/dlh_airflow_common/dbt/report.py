@@ -1,0 +1,130 @@
+"""What the task log shows: one line per finished node while dbt runs, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from dlh_airflow_common.dbt.artifacts import RunSummary
+from dlh_airflow_common.dbt.redact import Redactor
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# Events whose text we re-render (node results) or that carry no information for a reader.
+_QUIET = frozenset({"LogStartLine", "Formatting", "NodeStart", "NodeFinished", "LogNodeResult"})
+_STATUS_WORDS = {
+    "success": "OK",
+    "pass": "PASS",
+    "error": "ERROR",
+    "fail": "FAIL",
+    "warn": "WARN",
+    "skipped": "SKIP",
+}
+_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO}
+
+
+def plain(text: str, *, ascii_only: bool = True) -> str:
+    """Drop ANSI colour codes and, by default, anything outside ASCII (task logs are often viewed raw)."""
+    text = _ANSI.sub("", text)
+    if not ascii_only:
+        return text
+    folded = unicodedata.normalize("NFKD", text)
+    return folded.encode("ascii", "replace").decode("ascii")
+
+
+def _status_word(status: Any) -> str:
+    word = str(status or "").strip()
+    return _STATUS_WORDS.get(word.lower(), word.upper() or "DONE")
+
+
+def node_progress(event: Mapping[str, Any]) -> tuple[int, int, str, str, float | None] | None:
+    """(index, total, STATUS, unique_id, seconds) for a node-result event, else None."""
+    info = event.get("info") or {}
+    data = event.get("data") or {}
+    name = str(info.get("name", ""))
+    if not (name.endswith("Result") or name == "SkippingDetails") or "index" not in data:
+        return None
+    unique_id = (data.get("node_info") or {}).get("unique_id") or data.get("node_name") or "?"
+    total = data.get("total") or data.get("num_models") or 0
+    status = "SKIP" if name == "SkippingDetails" else _status_word(data.get("status"))
+    seconds = data.get("execution_time")
+    return (
+        int(data.get("index") or 0),
+        int(total),
+        status,
+        str(unique_id),
+        float(seconds) if isinstance(seconds, int | float) else None,
+    )
+
+
+class ProgressReporter:
+    """Turns dbt's events (JSON log lines or in-process callbacks, same shape) into task-log lines."""
+
+    def __init__(self, log: logging.Logger, *, ascii_only: bool = True, redactor: Redactor | None = None) -> None:
+        self.log = log
+        self.ascii_only = ascii_only
+        self.redact = redactor or Redactor(())
+        self.nodes_done = 0
+        self.nodes_total = 0
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        info = event.get("info") or {}
+        level = _LEVELS.get(str(info.get("level", "")).lower())
+        if level is None:  # debug events reach in-process callbacks; the console never shows them
+            return
+        progress = node_progress(event)
+        if progress is not None:
+            index, total, status, unique_id, seconds = progress
+            self.nodes_done += 1
+            self.nodes_total = max(self.nodes_total, total)
+            timing = f" {seconds:.2f}s" if seconds is not None else ""
+            self.log.log(level, "[%d/%d] %s %s ...%s", index, total, status, unique_id, timing)
+            return
+        if info.get("name") in _QUIET:
+            return
+        message = self.redact(plain(str(info.get("msg") or ""), ascii_only=self.ascii_only)).rstrip()
+        if message.strip():
+            self.log.log(level, "%s", message)
+
+    def line(self, text: str) -> None:
+        """Log raw output that was not a JSON event (e.g. a subprocess's stray print)."""
+        message = self.redact(plain(text, ascii_only=self.ascii_only)).rstrip()
+        if message:
+            self.log.info("%s", message)
+
+
+def format_summary(
+    summary: RunSummary,
+    *,
+    command: str,
+    run_name: str,
+    success: bool,
+    wall_seconds: float | None = None,
+    max_message: int = 500,
+    ascii_only: bool = True,
+) -> list[str]:
+    """The end-of-run block: nodes, time, counts per status, failed and warned nodes, five slowest."""
+    elapsed = summary.elapsed if summary.elapsed is not None else wall_seconds
+    counts = ", ".join(f"{status}={count}" for status, count in summary.status_counts.items()) or "none"
+    lines = [
+        f"=== dbt run summary: dbt {command} ({run_name}) ===",
+        f"result: {'success' if success else 'FAILED'}",
+        f"nodes: {summary.node_count}",
+        f"elapsed: {elapsed:.2f}s" if elapsed is not None else "elapsed: unknown",
+        f"status counts: {counts}",
+    ]
+    for title, nodes in (("failed nodes", summary.failed), ("warned nodes", summary.warned)):
+        lines.append(f"{title}: {len(nodes)}")
+        for node in nodes:
+            message = " ".join((node.message or "").split())
+            if len(message) > max_message:
+                message = message[: max_message - 3] + "..."
+            lines.append(f"  - {node.unique_id} [{node.status}]" + (f": {message}" if message else ""))
+    slowest = [n for n in summary.slowest(5) if n.execution_time > 0]
+    if slowest:
+        lines.append("slowest nodes:")
+        lines.extend(f"  {i}. {n.unique_id} {n.execution_time:.2f}s" for i, n in enumerate(slowest, 1))
+    lines.append("=== end of dbt run summary ===")
+    return [plain(line, ascii_only=ascii_only) for line in lines]

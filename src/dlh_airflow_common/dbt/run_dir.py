@@ -1,0 +1,124 @@
+"""The isolated run directory of one task try: dbt's target and log paths live here and nowhere else."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_MAX_PART = 80
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+logger = logging.getLogger(__name__)
+
+
+def sanitize(part: object, *, max_length: int = _MAX_PART) -> str:
+    """Reduce an id to ``[A-Za-z0-9_.-]`` so it can never leave its parent directory."""
+    cleaned = _UNSAFE.sub("_", str(part)).strip("_")
+    cleaned = re.sub(r"\.{2,}", "_", cleaned).lstrip(".")
+    return (cleaned or "x")[:max_length]
+
+
+def run_dir_name(
+    dag_id: str,
+    task_id: str,
+    try_number: int,
+    *,
+    map_index: int | None = None,
+    now: datetime | None = None,
+    token: str | None = None,
+) -> str:
+    """``run_<UTC yyyymmdd_HHMMSS>_<dag_id>_<task_id>[_map<i>]_try<n>_<random>``, every part sanitised."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
+    parts = ["run", stamp, sanitize(dag_id), sanitize(task_id)]
+    if map_index is not None and map_index >= 0:
+        parts.append(f"map{int(map_index)}")
+    parts.append(f"try{int(try_number)}")
+    parts.append(sanitize(token) if token else secrets.token_hex(4))
+    return "_".join(parts)
+
+
+def private_temp_root() -> Path:
+    """A per-user 0700 directory under the system temp dir, for projects mounted read-only."""
+    root = Path(tempfile.gettempdir()) / f"dlh-airflow-dbt-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+            return root
+    except OSError:
+        pass
+    # Someone else owns or opened up the shared name: use a fresh private directory instead.
+    return Path(tempfile.mkdtemp(prefix="dlh-airflow-dbt-"))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one isolated run; ``fallback`` is true when the project's target dir was not writable."""
+
+    path: Path
+    fallback: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def target_path(self) -> Path:
+        return self.path / "target"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "logs"
+
+    def cleanup(self) -> bool:
+        """Remove the run dir; a failure is logged, never raised (the dbt result matters more)."""
+        try:
+            shutil.rmtree(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            logger.warning("Could not remove dbt run dir %s: %s", self.path, err)
+            return False
+        return True
+
+
+def create_run_dir(
+    name: str, project_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> RunDir:
+    """Create ``<root>/<name>`` (root defaults to ``<project>/target``), falling back to a private temp dir."""
+    if sanitize(name) != name:
+        raise ValueError(f"run dir name {name!r} has characters outside [A-Za-z0-9_.-]")
+    preferred = Path(root) if root is not None else Path(project_dir) / "target"
+    try:
+        return _make(preferred, name, fallback=False)
+    except OSError as err:
+        if err.errno not in _NOT_WRITABLE:
+            raise
+        fallback_root = private_temp_root()
+        logger.info(
+            "%s is not writable (%s); this run's target and log paths go under %s instead.",
+            preferred,
+            os.strerror(err.errno),
+            fallback_root,
+        )
+        return _make(fallback_root, name, fallback=True)
+
+
+def _make(root: Path, name: str, *, fallback: bool) -> RunDir:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / name
+    path.mkdir(mode=0o700)
+    run_dir = RunDir(path=path, fallback=fallback)
+    run_dir.target_path.mkdir()
+    run_dir.log_path.mkdir()
+    return run_dir

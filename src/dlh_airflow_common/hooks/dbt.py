@@ -1,0 +1,301 @@
+"""DbtHook: an Airflow Connection becomes a dbt profile, then one isolated dbt run is executed and reported."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from dlh_airflow_common.dbt.artifacts import (
+    CATALOG,
+    MANIFEST,
+    RUN_RESULTS,
+    SOURCES,
+    RunSummary,
+    load_artifact,
+)
+from dlh_airflow_common.dbt.command import DbtCommand
+from dlh_airflow_common.dbt.invocation import DbtInvocation
+from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
+from dlh_airflow_common.dbt.project import DbtProject, load_project
+from dlh_airflow_common.dbt.redact import Redactor
+from dlh_airflow_common.dbt.report import ProgressReporter, format_summary
+from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
+from dlh_airflow_common.exceptions.dbt import DbtException, DbtProfileException, classify_dbt_error
+from dlh_airflow_common.hooks.dbt_profiles import render_target
+
+GENERATED_PROFILE_NAME = "dlh_airflow"
+GENERATED_TARGET_NAME = "airflow"
+
+
+@dataclass
+class DbtTaskResult:
+    """Outcome of one dbt command: what ran, how it ended, its results and the classified error if any."""
+
+    success: bool
+    command: str
+    return_code: int
+    run_results: dict[str, Any]
+    summary: RunSummary
+    target_path: str
+    run_dir: str
+    elapsed_seconds: float
+    error: DbtException | None = None
+    artifacts_kept: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_xcom(self, *, max_nodes: int = 20, max_message: int = 300) -> dict[str, Any]:
+        """A bounded, JSON-safe summary for XCom (never a whole artifact)."""
+        payload: dict[str, Any] = {
+            "command": self.command,
+            "success": self.success,
+            "return_code": self.return_code,
+            "run_dir": Path(self.run_dir).name,
+            "wall_seconds": round(self.elapsed_seconds, 3),
+            **self.summary.to_dict(max_nodes=max_nodes, max_message=max_message),
+        }
+        if self.artifacts_kept:
+            payload["target_path"] = self.target_path
+        if self.error is not None:
+            message = str(self.error)
+            payload["error"] = {
+                "type": type(self.error).__name__,
+                "message": message if len(message) <= max_message else message[: max_message - 3] + "...",
+                "node_id": self.error.node_id,
+                "retryable": self.error.retryable,
+            }
+        return payload
+
+
+@dataclass(frozen=True)
+class _Profile:
+    profiles_dir: str | None
+    profile_name: str | None
+    target: str | None
+    env: dict[str, str]
+
+
+class DbtHook(BaseHook):
+    """Runs dbt commands for one project with a profile built from an Airflow connection (or your own)."""
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "dbt_default"
+    conn_type = "dbt"
+    hook_name = "dbt Core"
+
+    def __init__(
+        self,
+        dbt_project_dir: str | os.PathLike[str],
+        venv_path: str | os.PathLike[str] | None = None,
+        conn_id: str | None = None,
+        target: str | None = None,
+        profiles_dir: str | os.PathLike[str] | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        target_path: str | os.PathLike[str] | None = None,
+        retry_limit: int = 3,
+        retry_delay: float = 1,
+        *,
+        schema_override: str | None = None,
+        keep_target_artifacts: bool = False,
+        ascii_only: bool = True,
+        logger: Any = None,
+    ) -> None:
+        super().__init__()
+        self.dbt_project_dir = str(dbt_project_dir)
+        self.venv_path = str(venv_path) if venv_path else None
+        self.conn_id = conn_id
+        self.target = target
+        self.profiles_dir = str(profiles_dir) if profiles_dir else None
+        self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
+        self.target_path = str(target_path) if target_path else None
+        self.retry_limit = retry_limit
+        self.retry_delay = retry_delay
+        self.schema_override = schema_override
+        self.keep_target_artifacts = keep_target_artifacts
+        self.ascii_only = ascii_only
+        self._logger = logger
+        self.last_target_path: str | None = None
+        self.invocation: DbtInvocation | None = None
+
+    @property
+    def run_log(self) -> Any:
+        """Where progress and summaries go: the operator's task logger when given, else the hook's."""
+        return self._logger or self.log
+
+    # -- profile -----------------------------------------------------------------------------------
+    @contextmanager
+    def _profile(self, project: DbtProject) -> Iterator[_Profile]:
+        if self.conn_id and self.profiles_dir:
+            raise DbtProfileException(
+                f"Pass either conn_id ({self.conn_id!r}) or profiles_dir ({self.profiles_dir}), not both.",
+                conn_id=self.conn_id,
+            )
+        env = dict(self.env_vars)
+        if not self.conn_id:
+            if self.schema_override:
+                env["DBT_SCHEMA_OVERRIDE"] = self.schema_override
+            profiles_dir = self.profiles_dir
+            if profiles_dir is None and (project.path / PROFILES_FILE).is_file():
+                profiles_dir = str(project.path)
+            if profiles_dir is not None and not (Path(profiles_dir) / PROFILES_FILE).is_file():
+                raise DbtProfileException(f"profiles_dir {profiles_dir} has no {PROFILES_FILE}.")
+            yield _Profile(profiles_dir=profiles_dir, profile_name=None, target=self.target, env=env)
+            return
+        rendered = render_target(self._connection(self.conn_id), schema_override=self.schema_override)
+        profile_name = project.profile or GENERATED_PROFILE_NAME
+        target_name = self.target or GENERATED_TARGET_NAME
+        with temporary_profiles_dir(profile_name, target_name, rendered.target) as directory:
+            yield _Profile(
+                profiles_dir=str(directory),
+                profile_name=profile_name,
+                target=target_name,
+                env={**env, **rendered.secret_env},
+            )
+
+    def _connection(self, conn_id: str) -> Any:
+        try:
+            return self.get_connection(conn_id)
+        except Exception as err:
+            if type(err).__name__ != "AirflowNotFoundException":
+                raise
+            raise DbtProfileException(
+                f"Airflow connection {conn_id!r} is not defined (neither in the metadata database, "
+                f"nor as AIRFLOW_CONN_{conn_id.upper()}, nor in a secrets backend).",
+                conn_id=conn_id,
+            ) from None
+
+    # -- running -----------------------------------------------------------------------------------
+    def run_dbt_task(
+        self,
+        command: str,
+        select: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        selector: str | None = None,
+        vars: Mapping[str, Any] | str | None = None,
+        full_refresh: bool = False,
+        threads: int | None = None,
+        fail_fast: bool = False,
+        extra_args: Sequence[str] = (),
+        *,
+        run_name: str | None = None,
+        post_run: Callable[[DbtTaskResult], None] | None = None,
+    ) -> DbtTaskResult:
+        """Run one dbt command in its own run dir; dbt failures come back classified in ``result.error``.
+
+        Bad input (unknown command, missing project, broken connection definition) raises before dbt
+        starts. ``post_run`` is called with the result while the run dir still exists (uploads, lineage).
+        """
+        project = load_project(self.dbt_project_dir)
+        dbt_command = DbtCommand(
+            command=command,
+            select=select,
+            exclude=exclude,
+            selector=selector,
+            vars=vars,
+            full_refresh=full_refresh,
+            threads=threads,
+            fail_fast=fail_fast,
+            extra_args=tuple(extra_args),
+        )
+        run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
+        if run_dir.fallback:
+            self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
+        self.last_target_path = str(run_dir.target_path)
+        try:
+            with self._profile(project) as profile:
+                result = self._execute(dbt_command, project, profile, run_dir)
+            if post_run is not None:
+                post_run(result)
+            return result
+        finally:
+            self.invocation = None
+            if self.keep_target_artifacts:
+                self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
+            elif run_dir.cleanup():
+                self.last_target_path = None
+
+    def _execute(
+        self, dbt_command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir
+    ) -> DbtTaskResult:
+        command = DbtCommand(**{**dbt_command.__dict__, "target": profile.target or dbt_command.target})
+        argv = command.argv(
+            project_dir=str(project.path),
+            profiles_dir=profile.profiles_dir,
+            target_path=str(run_dir.target_path),
+            log_path=str(run_dir.log_path),
+        )
+        if profile.profile_name:
+            argv += ["--profile", profile.profile_name]
+        redactor = Redactor.from_env(profile.env)
+        reporter = ProgressReporter(self.run_log, ascii_only=self.ascii_only, redactor=redactor)
+        invocation = DbtInvocation(
+            argv, env=profile.env, venv_path=self.venv_path, on_event=reporter, on_output=reporter.line
+        )
+        self.invocation = invocation
+        self.run_log.info(
+            "Running dbt %s (%s) for %s in %s", command.command, invocation.mode, project.path, run_dir.path
+        )
+        started = time.monotonic()
+        outcome = invocation.run()
+        wall = time.monotonic() - started
+        log_file = str(run_dir.log_path / "dbt.log")
+        run_results = load_artifact(run_dir.target_path / RUN_RESULTS)
+        summary = redactor.summary(RunSummary.from_artifacts(run_results, load_artifact(run_dir.target_path / SOURCES)))
+        error: DbtException | None = None
+        if not outcome.success:
+            failures: list[Any] = [outcome.exception] if outcome.exception is not None else []
+            failures += outcome.error_events
+            error = classify_dbt_error(failures, conn_id=self.conn_id, log_path=log_file)
+            error.message = redactor(self._failure_message(command.command, outcome.return_code, error, summary))
+        for line in format_summary(
+            summary, command=command.command, run_name=run_dir.name, success=outcome.success, wall_seconds=wall,
+            ascii_only=self.ascii_only,
+        ):  # fmt: skip
+            self.run_log.info("%s", line)
+        return DbtTaskResult(
+            success=outcome.success,
+            command=command.command,
+            return_code=outcome.return_code,
+            run_results=run_results,
+            summary=summary,
+            target_path=str(run_dir.target_path),
+            run_dir=str(run_dir.path),
+            elapsed_seconds=wall,
+            error=error,
+            artifacts_kept=self.keep_target_artifacts,
+        )
+
+    def _failure_message(self, command: str, return_code: int, error: DbtException, summary: RunSummary) -> str:
+        """One message naming the command, the node, dbt's own words, and how many other nodes failed."""
+        where = f" in {error.node_id}" if error.node_id else ""
+        text = " ".join(error.message.split()) if error.message else f"exit code {return_code}"
+        others = len([n for n in summary.failed if n.unique_id != error.node_id]) if error.node_id else 0
+        more = f" (+{others} more failed node{'s' if others != 1 else ''}, see the summary above)" if others else ""
+        kept = f" Log: {error.log_path}" if self.keep_target_artifacts and error.log_path else ""
+        return f"dbt {command} failed{where}: {text}{more}.{kept}"
+
+    # -- artifacts ---------------------------------------------------------------------------------
+    def _artifacts_dir(self) -> Path:
+        if self.last_target_path:
+            return Path(self.last_target_path)
+        if self.target_path:
+            return Path(self.target_path)
+        return Path(self.dbt_project_dir) / "target"
+
+    def get_manifest(self) -> dict[str, Any]:
+        return load_artifact(self._artifacts_dir() / MANIFEST)
+
+    def get_run_results(self) -> dict[str, Any]:
+        return load_artifact(self._artifacts_dir() / RUN_RESULTS)
+
+    def get_catalog(self) -> dict[str, Any]:
+        return load_artifact(self._artifacts_dir() / CATALOG)
+
+    def get_sources(self) -> dict[str, Any]:
+        return load_artifact(self._artifacts_dir() / SOURCES)

@@ -1,0 +1,121 @@
+"""Fixtures for integration tests that run real dbt against real databases.
+
+Sections are self-contained so several people can add fixtures here; keep new ones in their own section.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+# tests/pg_server.py is a plain module (tests/ is not a package): make it importable.
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from pg_server import PostgresServer, PostgresServerError  # noqa: E402
+
+# =====================================================================================================
+# PostgreSQL: one real throwaway server per test session (see tests/pg_server.py)
+# Tests using `pg_server` (directly or through `pg_airflow_conn*`) are auto-marked `postgres`.
+# =====================================================================================================
+PG_DBT_SCHEMA = "dlh_dbt"
+PgRole = Literal["owner", "readonly"]
+
+
+def _running_in_ci() -> bool:
+    """CI must not silently skip the Postgres tests: a missing server there is a failure."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _pg_unavailable(reason: str) -> None:
+    """Fail in CI, skip elsewhere."""
+    message = f"PostgreSQL test server unavailable: {reason}"
+    if _running_in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def pg_conn_dict(
+    server: PostgresServer,
+    role: PgRole = "owner",
+    dbt_schema: str = PG_DBT_SCHEMA,
+) -> dict[str, Any]:
+    """Airflow connection fields: ``schema`` is the database, ``extra.schema`` the dbt schema."""
+    if role == "owner":
+        login, password = server.user, server.password
+    elif role == "readonly":
+        login, password = server.readonly_user, server.readonly_password
+    else:
+        raise ValueError(f"unknown role {role!r}; expected 'owner' or 'readonly'")
+    return {
+        "conn_type": "postgres",
+        "host": server.host,
+        "port": server.port,
+        "login": login,
+        "password": password,
+        "schema": server.database,
+        "extra": {"schema": dbt_schema},
+    }
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A started PostgresServer shared by the session; skipped (or failed when CI=true) if unavailable.
+
+    Tests that stop the server must call ``start_again()`` before they finish.
+    """
+    ok, reason = PostgresServer.available()
+    if not ok:
+        _pg_unavailable(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+    except (PostgresServerError, OSError) as exc:
+        _pg_unavailable(f"could not start: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_airflow_conn(pg_server: PostgresServer) -> dict[str, Any]:
+    """Airflow connection dict for the owner role (``dbt_user``) on ``dlh_test``."""
+    if not pg_server.is_running():
+        pg_server.start_again()
+    return pg_conn_dict(pg_server, "owner")
+
+
+@pytest.fixture
+def pg_airflow_conn_readonly(pg_server: PostgresServer) -> dict[str, Any]:
+    """Airflow connection dict for ``dbt_readonly`` (dbt schema ``public``, where it may not create)."""
+    if not pg_server.is_running():
+        pg_server.start_again()
+    return pg_conn_dict(pg_server, "readonly", dbt_schema="public")
+
+
+@pytest.fixture
+def pg_conn_json(pg_server: PostgresServer) -> Callable[..., dict[str, Any]]:
+    """Factory: ``pg_conn_json(role="owner"|"readonly", dbt_schema=...)`` -> Airflow connection dict."""
+
+    def make(role: PgRole = "owner", dbt_schema: str = PG_DBT_SCHEMA) -> dict[str, Any]:
+        return pg_conn_dict(pg_server, role, dbt_schema)
+
+    return make
+
+
+_PG_FIXTURES = frozenset({"pg_server", "pg_airflow_conn", "pg_airflow_conn_readonly", "pg_conn_json"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the Postgres server `postgres` (and `integration`) for -m selection."""
+    for item in items:
+        if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.integration)

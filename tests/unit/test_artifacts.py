@@ -1,0 +1,332 @@
+"""Unit tests for dlh_airflow_common.dbt.artifacts: artifact loading and RunSummary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlh_airflow_common.dbt.artifacts import (
+    RUN_RESULTS,
+    NodeOutcome,
+    RunSummary,
+    load_artifact,
+)
+from dlh_airflow_common.exceptions.dbt import DbtArtifactException
+
+
+def result(unique_id: str, status: str, seconds: float, message: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One entry of run_results.json ``results`` in the shape dbt 1.x writes."""
+    return {
+        "status": status,
+        "timing": [{"name": "compile"}, {"name": "execute"}],
+        "thread_id": "Thread-1",
+        "execution_time": seconds,
+        "adapter_response": {},
+        "message": message,
+        "failures": extra.pop("failures", None),
+        "unique_id": unique_id,
+        "compiled": True,
+        "relation_name": None,
+        **extra,
+    }
+
+
+RUN_RESULTS_DOC: dict[str, Any] = {
+    "metadata": {
+        "dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json",
+        "dbt_version": "1.11.0",
+        "generated_at": "2024-03-09T07:05:10.000000Z",
+        "invocation_id": "4c1f0f2e-1d3b-4a57-9d0e-8f3f2d1c0b9a",
+        "env": {},
+    },
+    "results": [
+        result("model.shop.stg_orders", "success", 1.25, "SELECT 10"),
+        result("model.shop.orders", "error", 0.4, 'Database Error in model orders\n  relation "raw.x" does not exist'),
+        result("test.shop.not_null_orders_id", "fail", 0.05, "Got 3 results, configured to fail if != 0", failures=3),
+        result("test.shop.accepted_values_status", "warn", 0.07, "Got 1 result, configured to warn if != 0", failures=1),
+        result("model.shop.customers", "skipped", 0.0, None),
+        result("test.shop.unique_orders_id", "pass", 0.03, None, failures=0),
+        result("seed.shop.raw_payments", "success", 3.5, "INSERT 120"),
+        result("snapshot.shop.orders_snap", "success", 2.0, "SUCCESS"),
+        result("model.shop.broken", "runtime error", 0.0, "Runtime Error: boom"),
+    ],
+    "elapsed_time": 7.891234,
+    "args": {"which": "build"},
+}
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load_artifact
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_load_artifact_missing_file_is_empty(tmp_path: Path) -> None:
+    assert load_artifact(tmp_path / RUN_RESULTS) == {}
+    assert load_artifact(str(tmp_path / "nope" / RUN_RESULTS)) == {}
+
+
+def test_load_artifact_reads_object(tmp_path: Path) -> None:
+    path = write_json(tmp_path / RUN_RESULTS, RUN_RESULTS_DOC)
+    assert load_artifact(path) == RUN_RESULTS_DOC
+    assert load_artifact(str(path)) == RUN_RESULTS_DOC
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'{"metadata": {"invocation_id": "abc"}, "results": [', "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b'{"message": "caf\xe9"}', "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (b"[1, 2, 3]", "expected a JSON object, found list"),
+        (b'"just a string"', "expected a JSON object, found str"),
+        (b"null", "expected a JSON object, found NoneType"),
+    ],
+)
+def test_load_artifact_corrupt(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / RUN_RESULTS
+    path.write_bytes(content)
+    with pytest.raises(DbtArtifactException) as excinfo:
+        load_artifact(path)
+    err = excinfo.value
+    assert err.artifact_path == str(path)
+    assert str(path) in str(err)
+    assert "corrupt" in str(err)
+    assert fragment in str(err)
+
+
+def test_load_artifact_unreadable_path(tmp_path: Path) -> None:
+    directory = tmp_path / RUN_RESULTS
+    directory.mkdir()
+    with pytest.raises(DbtArtifactException, match="Cannot read dbt artifact") as excinfo:
+        load_artifact(directory)
+    assert excinfo.value.artifact_path == str(directory)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RunSummary from run_results.json
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def summary() -> RunSummary:
+    return RunSummary.from_artifacts(RUN_RESULTS_DOC)
+
+
+def test_summary_counts(summary: RunSummary) -> None:
+    assert summary.node_count == 9
+    assert summary.status_counts == {
+        "error": 1,
+        "fail": 1,
+        "pass": 1,
+        "runtime error": 1,
+        "skipped": 1,
+        "success": 3,
+        "warn": 1,
+    }
+    assert list(summary.status_counts) == sorted(summary.status_counts)
+    assert summary.elapsed == pytest.approx(7.891234)
+    assert summary.invocation_id == "4c1f0f2e-1d3b-4a57-9d0e-8f3f2d1c0b9a"
+
+
+def test_summary_failed_and_warned(summary: RunSummary) -> None:
+    assert [n.unique_id for n in summary.failed] == [
+        "model.shop.orders",
+        "test.shop.not_null_orders_id",
+        "model.shop.broken",
+    ]
+    assert [n.unique_id for n in summary.warned] == ["test.shop.accepted_values_status"]
+    orders = summary.failed[0]
+    assert orders.status == "error"
+    assert orders.message is not None and orders.message.startswith("Database Error in model orders")
+    assert summary.failed[1].failures == 3
+
+
+def test_summary_slowest(summary: RunSummary) -> None:
+    assert [n.unique_id for n in summary.slowest()] == [
+        "seed.shop.raw_payments",
+        "snapshot.shop.orders_snap",
+        "model.shop.stg_orders",
+        "model.shop.orders",
+        "test.shop.accepted_values_status",
+    ]
+    assert [n.unique_id for n in summary.slowest(2)] == ["seed.shop.raw_payments", "snapshot.shop.orders_snap"]
+
+
+def test_node_outcome_normalises_fields() -> None:
+    node = NodeOutcome.from_result({"unique_id": "model.p.a", "status": "ERROR", "execution_time": None})
+    assert node == NodeOutcome(unique_id="model.p.a", status="error", execution_time=0.0, message=None, failures=None)
+    assert NodeOutcome.from_result({}).unique_id == "?"
+    assert NodeOutcome.from_result({}).status == "unknown"
+    assert NodeOutcome.from_result({"failures": "3"}).failures is None
+
+
+def test_summary_ignores_non_mapping_results() -> None:
+    doc = {"results": [result("model.p.a", "success", 1.0), "garbage", None, 3]}
+    summary = RunSummary.from_artifacts(doc)
+    assert [n.unique_id for n in summary.nodes] == ["model.p.a"]
+
+
+def test_summary_of_empty_artifacts() -> None:
+    summary = RunSummary.from_artifacts({})
+    assert summary.node_count == 0
+    assert summary.elapsed is None
+    assert summary.invocation_id is None
+    assert summary.status_counts == {}
+    assert summary.failed == []
+    assert summary.slowest() == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# to_dict
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_to_dict_full(summary: RunSummary) -> None:
+    data = summary.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["node_count"] == 9
+    assert data["elapsed_seconds"] == 7.891
+    assert data["invocation_id"] == RUN_RESULTS_DOC["metadata"]["invocation_id"]
+    assert data["status_counts"]["success"] == 3
+    assert [n["unique_id"] for n in data["failed_nodes"]] == [
+        "model.shop.orders",
+        "test.shop.not_null_orders_id",
+        "model.shop.broken",
+    ]
+    assert data["failed_nodes"][1] == {
+        "unique_id": "test.shop.not_null_orders_id",
+        "status": "fail",
+        "message": "Got 3 results, configured to fail if != 0",
+    }
+    assert data["failed_nodes_omitted"] == 0
+    assert data["warned_nodes"] == [
+        {
+            "unique_id": "test.shop.accepted_values_status",
+            "status": "warn",
+            "message": "Got 1 result, configured to warn if != 0",
+        }
+    ]
+    assert data["warned_nodes_omitted"] == 0
+
+
+def test_to_dict_status_counts_is_a_copy(summary: RunSummary) -> None:
+    data = summary.to_dict()
+    data["status_counts"]["success"] = 999
+    assert summary.status_counts["success"] == 3
+
+
+def test_to_dict_caps_nodes_and_messages() -> None:
+    long_message = "x" * 1000
+    doc = {
+        "results": [result(f"model.p.m{i}", "error", 0.1, long_message) for i in range(30)]
+        + [result(f"test.p.t{i}", "warn", 0.1, None) for i in range(4)],
+    }
+    data = RunSummary.from_artifacts(doc).to_dict(max_nodes=5, max_message=50)
+    assert len(data["failed_nodes"]) == 5
+    assert data["failed_nodes_omitted"] == 25
+    assert [n["unique_id"] for n in data["failed_nodes"]] == [f"model.p.m{i}" for i in range(5)]
+    assert data["failed_nodes"][0]["message"] == "x" * 47 + "..."
+    assert len(data["warned_nodes"]) == 4
+    assert data["warned_nodes_omitted"] == 0
+    assert "message" not in data["warned_nodes"][0]
+    assert len(json.dumps(data)) < 2000
+
+
+def test_to_dict_default_caps() -> None:
+    doc = {"results": [result(f"model.p.m{i}", "fail", 0.1, "y" * 400) for i in range(25)]}
+    data = RunSummary.from_artifacts(doc).to_dict()
+    assert len(data["failed_nodes"]) == 20
+    assert data["failed_nodes_omitted"] == 5
+    assert len(data["failed_nodes"][0]["message"]) == 300
+    assert data["failed_nodes"][0]["message"].endswith("...")
+
+
+def test_to_dict_message_at_limit_not_truncated() -> None:
+    doc = {"results": [result("model.p.a", "error", 0.1, "z" * 50)]}
+    assert RunSummary.from_artifacts(doc).to_dict(max_message=50)["failed_nodes"][0]["message"] == "z" * 50
+
+
+def test_to_dict_without_elapsed() -> None:
+    data = RunSummary.from_artifacts({"results": []}).to_dict()
+    assert data["elapsed_seconds"] is None
+    assert data["node_count"] == 0
+    assert json.dumps(data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sources.json (dbt source freshness)
+# ---------------------------------------------------------------------------------------------------------
+
+SOURCES_DOC: dict[str, Any] = {
+    "metadata": {"invocation_id": "freshness-123", "dbt_version": "1.11.0"},
+    "results": [
+        {
+            "unique_id": "source.shop.raw.orders",
+            "max_loaded_at": "2024-03-09T06:00:00Z",
+            "snapshotted_at": "2024-03-09T07:00:00Z",
+            "max_loaded_at_time_ago_in_s": 3600.0,
+            "status": "pass",
+            "criteria": {"warn_after": {"count": 12, "period": "hour"}},
+            "adapter_response": {},
+            "timing": [],
+            "thread_id": "Thread-1",
+            "execution_time": 0.2,
+        },
+        {
+            "unique_id": "source.shop.raw.payments",
+            "status": "warn",
+            "max_loaded_at_time_ago_in_s": 50000.0,
+            "execution_time": 0.3,
+        },
+        {
+            "unique_id": "source.shop.raw.customers",
+            "status": "runtime error",
+            "error": 'Database Error: relation "raw.customers" does not exist',
+            "execution_time": 0.0,
+        },
+    ],
+    "elapsed_time": 1.5,
+}
+
+
+def test_sources_json_fallback_for_source_freshness() -> None:
+    summary = RunSummary.from_artifacts({}, SOURCES_DOC)
+    assert summary.node_count == 3
+    assert summary.status_counts == {"pass": 1, "runtime error": 1, "warn": 1}
+    assert summary.invocation_id == "freshness-123"
+    assert summary.elapsed == 1.5
+    assert [n.unique_id for n in summary.failed] == ["source.shop.raw.customers"]
+    assert summary.failed[0].message == 'Database Error: relation "raw.customers" does not exist'
+    assert [n.unique_id for n in summary.warned] == ["source.shop.raw.payments"]
+    assert json.dumps(summary.to_dict())
+
+
+def test_sources_error_status_counts_as_failed() -> None:
+    doc = {"results": [{"unique_id": "source.p.s.t", "status": "error", "error": "stale", "execution_time": 0.1}]}
+    summary = RunSummary.from_artifacts({}, doc)
+    assert [n.message for n in summary.failed] == ["stale"]
+
+
+def test_run_results_win_over_sources() -> None:
+    summary = RunSummary.from_artifacts(RUN_RESULTS_DOC, SOURCES_DOC)
+    assert summary.node_count == 9
+    assert summary.invocation_id == RUN_RESULTS_DOC["metadata"]["invocation_id"]
+
+
+def test_empty_run_results_list_is_not_replaced_by_sources() -> None:
+    summary = RunSummary.from_artifacts({"results": [], "elapsed_time": 0.5}, SOURCES_DOC)
+    assert summary.node_count == 0
+    assert summary.elapsed == 0.5
+
+
+def test_no_artifacts_and_no_sources() -> None:
+    assert RunSummary.from_artifacts({}, None).node_count == 0
