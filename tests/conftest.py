@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_PROJECT = REPO_ROOT / "examples" / "shop"
-EXAMPLE_DAGS = REPO_ROOT / "examples" / "dags"
+# tests/ holds plain helper modules (pg_server, dag_runner, repo_paths); make them importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from repo_paths import EXAMPLE_PROJECT
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dlh-test-airflow-"))
 os.environ.update(

@@ -289,9 +289,8 @@ class PostgresServer:
             f"REVOKE CREATE ON DATABASE {self.database} FROM PUBLIC;\n"
             f"GRANT CONNECT ON DATABASE {self.database} TO {self.readonly_user};\n"
         )
-        lock_public = "REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
-        allow_usage = f"GRANT USAGE ON SCHEMA public TO {self.readonly_user};\n"
-        self.psql(lock_public + allow_usage, dbname=self.database)
+        # No grants on public for the read-only role: it keeps PUBLIC's USAGE, never CREATE.
+        self.psql("REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n", dbname=self.database)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``smart``, ``fast`` or ``immediate``); no-op when it is not running."""

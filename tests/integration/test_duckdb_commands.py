@@ -84,7 +84,7 @@ def test_every_example_command(mode: str, example_project: Path, duckdb_conn: tu
     compiled = run("compile", select="orders")
     assert {n.unique_id for n in compiled.summary.nodes if n.unique_id.startswith("model.")} == {"model.shop.orders"}
 
-    docs = run("docs generate")
+    run("docs generate")
     assert {"catalog.json", "index.html", "manifest.json"} <= seen.files["docs generate"]
 
     freshness = run("source freshness")
@@ -129,7 +129,9 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
     assert counts.get("error") == 1
 
 
-def test_keep_target_artifacts_and_getters(example_project: Path, duckdb_conn: tuple[str, Path], tmp_path: Path) -> None:
+def test_keep_target_artifacts_and_getters(
+    example_project: Path, duckdb_conn: tuple[str, Path], tmp_path: Path
+) -> None:
     conn_id, _ = duckdb_conn
     root = tmp_path / "runs"
     hook = DbtHook(example_project, conn_id=conn_id, target_path=root, keep_target_artifacts=True)

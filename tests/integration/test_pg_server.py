@@ -116,3 +116,28 @@ def test_cleanup_removes_everything() -> None:
         assert root is not None and data_dir.is_dir()
     assert not root.exists()
     assert not server.is_running()
+
+
+def test_airflow_conn_dicts_log_in(
+    pg_airflow_conn: dict[str, Any],
+    pg_airflow_conn_readonly: dict[str, Any],
+) -> None:
+    """The Airflow-style dicts carry working credentials: ``schema`` is the database, extra the dbt schema."""
+    assert pg_airflow_conn["extra"] == {"schema": "dlh_dbt"}
+    assert pg_airflow_conn_readonly["extra"] == {"schema": "public"}
+    for conn_fields in (pg_airflow_conn, pg_airflow_conn_readonly):
+        assert conn_fields["conn_type"] == "postgres"
+        conn = psycopg2.connect(
+            host=conn_fields["host"],
+            port=conn_fields["port"],
+            user=conn_fields["login"],
+            password=conn_fields["password"],
+            dbname=conn_fields["schema"],
+            connect_timeout=5,
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                assert cur.fetchone() == (conn_fields["login"],)
+        finally:
+            conn.close()

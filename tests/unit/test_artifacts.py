@@ -46,7 +46,9 @@ RUN_RESULTS_DOC: dict[str, Any] = {
         result("model.shop.stg_orders", "success", 1.25, "SELECT 10"),
         result("model.shop.orders", "error", 0.4, 'Database Error in model orders\n  relation "raw.x" does not exist'),
         result("test.shop.not_null_orders_id", "fail", 0.05, "Got 3 results, configured to fail if != 0", failures=3),
-        result("test.shop.accepted_values_status", "warn", 0.07, "Got 1 result, configured to warn if != 0", failures=1),
+        result(
+            "test.shop.accepted_values_status", "warn", 0.07, "Got 1 result, configured to warn if != 0", failures=1
+        ),
         result("model.shop.customers", "skipped", 0.0, None),
         result("test.shop.unique_orders_id", "pass", 0.03, None, failures=0),
         result("seed.shop.raw_payments", "success", 3.5, "INSERT 120"),

@@ -124,7 +124,19 @@ def test_target_path_absent_where_dbt_does_not_take_it(command: str) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["run", "build", "test", "seed", "snapshot", "compile", "docs generate", "source freshness", "ls", "parse", "clean"],
+    [
+        "run",
+        "build",
+        "test",
+        "seed",
+        "snapshot",
+        "compile",
+        "docs generate",
+        "source freshness",
+        "ls",
+        "parse",
+        "clean",
+    ],
 )
 def test_target_path_present_where_accepted(command: str) -> None:
     assert option_value(build(command), "--target-path") == TARGET_PATH
@@ -198,10 +210,6 @@ def test_invalid_threads_refused(threads: Any) -> None:
         DbtCommand("run", threads=threads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: command.py:121 accepts threads=True (bool is an int) and renders '--threads True', which dbt rejects",
-)
 def test_boolean_threads_refused() -> None:
     with pytest.raises(DbtCommandError):
         DbtCommand("run", threads=True)
@@ -382,10 +390,6 @@ def test_run_operation_with_extra_words_is_unknown() -> None:
         DbtCommand("run-operation a b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: command.py:141 appends `macro` as a positional argument for any command (`dbt run x ...`)",
-)
 def test_macro_refused_for_other_commands() -> None:
     with pytest.raises(DbtCommandError):
         build("run", macro="my_macro")

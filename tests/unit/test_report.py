@@ -100,13 +100,6 @@ def test_plain_folds_compatibility_characters() -> None:
     assert plain("ﬁle ①") == "file 1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: report.py:164-165 NFKD splits 'é' into 'e' + U+0301, then encode('ascii', 'replace') turns the "
-        "combining accent into '?': plain('café') == 'cafe?' instead of 'cafe'"
-    ),
-)
 def test_plain_folds_accents_without_question_marks() -> None:
     assert plain("café résumé") == "cafe resume"
 

@@ -114,11 +114,15 @@ class DbtCommand:
             object.__setattr__(self, "macro", self.macro or words[1])
             words = words[:1]
         object.__setattr__(self, "command", normalize_command(" ".join(words)))
+        if self.macro is not None and self.command != "run-operation":
+            raise DbtCommandError(f"A macro ({self.macro!r}) only goes with run-operation, not dbt {self.command}.")
         if self.command == "run-operation" and not self.macro:
             raise DbtCommandError("dbt run-operation needs a macro name: dbt_command='run-operation <macro>'.")
         if self.macro is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.macro):
             raise DbtCommandError(f"Macro name {self.macro!r} is not a valid dbt macro name.")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise DbtCommandError(f"threads must be a positive integer, got {self.threads!r}.")
 
     @property

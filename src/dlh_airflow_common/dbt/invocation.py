@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 EventHandler = Callable[[dict[str, Any]], None]
 OutputHandler = Callable[[str], None]
 
+# In-process dbt has global state (flags, adapters, os.environ): one run at a time per interpreter.
+_IN_PROCESS_LOCK = threading.Lock()
+
 # Keep the error events a run produced, but not without bound (a 10,000-node run can fail everywhere).
 _MAX_ERROR_EVENTS = 500
 
@@ -121,7 +124,6 @@ class DbtInvocation:
         self.on_output = on_output
         self.error_events: list[dict[str, Any]] = []
         self.process: subprocess.Popen[str] | None = None
-        self._lock = threading.Lock()
 
     @property
     def mode(self) -> str:
@@ -146,7 +148,7 @@ class DbtInvocation:
             self._handle(msg_to_dict(message))
 
         args = [*self.argv, "--log-level", "none", "--log-level-file", "debug", "--log-format-file", "debug"]
-        with self._lock, _patched_environ(self.env):
+        with _IN_PROCESS_LOCK, _patched_environ(self.env):
             try:
                 result = dbtRunner(callbacks=[callback]).invoke(args)
             finally:

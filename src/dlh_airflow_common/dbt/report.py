@@ -30,7 +30,7 @@ def plain(text: str, *, ascii_only: bool = True) -> str:
     text = _ANSI.sub("", text)
     if not ascii_only:
         return text
-    folded = unicodedata.normalize("NFKD", text)
+    folded = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     return folded.encode("ascii", "replace").decode("ascii")
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_VALID_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
 _MAX_PART = 80
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -96,8 +97,8 @@ def create_run_dir(
     name: str, project_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
 ) -> RunDir:
     """Create ``<root>/<name>`` (root defaults to ``<project>/target``), falling back to a private temp dir."""
-    if sanitize(name) != name:
-        raise ValueError(f"run dir name {name!r} has characters outside [A-Za-z0-9_.-]")
+    if not _VALID_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"run dir name {name!r} must use only [A-Za-z0-9_.-], not start with '.' nor hold '..'")
     preferred = Path(root) if root is not None else Path(project_dir) / "target"
     try:
         return _make(preferred, name, fallback=False)

@@ -131,11 +131,17 @@ _PATTERNS: tuple[tuple[type[DbtException], bool | None, re.Pattern[str]], ...] =
         # Transient inside the warehouse: the same SQL usually succeeds on the next attempt.
         (DbtRuntimeException, True, r"deadlock detected|could not serialize access|lock timeout"),
         (DbtRuntimeException, True, r"canceling statement due to conflict with recovery"),
-        # dbt's own labels.
-        (DbtCompilationException, None, r"compilation error|parsing error|jinja|depends on a node named"),
-        (DbtProfileException, None, r"profiles\.yml|\bprofile\b[^\n]*\b(is invalid|not found|missing)"),
         (DbtRuntimeException, None, r"permission denied|insufficient privilege|must be owner of"),
-        (DbtRuntimeException, None, r"database error|runtime error|failure in test|catalog error"),
+    )
+)
+
+# dbt's own labels: only consulted when the exception type (if any) said nothing more specific.
+_LABELS: tuple[tuple[type[DbtException], bool | None, re.Pattern[str]], ...] = tuple(
+    (cls, None, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+    for cls, pattern in (
+        (DbtCompilationException, r"compilation error|parsing error|jinja|depends on a node named"),
+        (DbtProfileException, r"profiles\.yml|\bprofile\b[^\n]*\b(is invalid|not found|missing)"),
+        (DbtRuntimeException, r"database error|runtime error|failure in test|catalog error"),
     )
 )
 
@@ -146,18 +152,20 @@ _TYPE_NAMES: tuple[tuple[str, type[DbtException]], ...] = (
     ("CompilationError", DbtCompilationException),
     ("ParsingError", DbtCompilationException),
     ("DbtProjectError", DbtCompilationException),
+    ("DbtConfigError", DbtProfileException),
     ("DbtValidationError", DbtCompilationException),
     ("DbtDatabaseError", DbtRuntimeException),
     ("DbtRuntimeError", DbtRuntimeException),
 )
 
+_CODE_ERRORS = frozenset({"CompilationError", "ParsingError"})
 _NODE_FAILURE_STATUSES = frozenset({"error", "fail", "runtime error"})
 _MESSAGE_EVENTS = frozenset({"MainEncounteredError", "RunResultError", "RunResultErrorNoMessage"})
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
-def _match_message(message: str) -> tuple[type[DbtException], bool | None] | None:
-    for cls, retryable, pattern in _PATTERNS:
+def _match_message(message: str, *, labels: bool = True) -> tuple[type[DbtException], bool | None] | None:
+    for cls, retryable, pattern in _PATTERNS + _LABELS if labels else _PATTERNS:
         if pattern.search(message):
             return cls, retryable
     return None
@@ -172,17 +180,13 @@ def _from_message(message: str, default: type[DbtException], **metadata: Any) ->
 
 def _from_exception(error: BaseException, **metadata: Any) -> DbtException:
     message = _ANSI.sub("", str(error)).strip() or type(error).__name__
-    mro = [klass.__name__ for klass in type(error).__mro__]
-    by_type: type[DbtException] | None = None
-    for name, cls in _TYPE_NAMES:
-        if name in mro:
-            by_type = cls
-            break
-    found = _match_message(message)
-    if by_type is DbtConnectionException and found and found[0] is DbtProfileException:
-        by_type = DbtProfileException  # dbt types a bad password as a connection failure; it is not transient.
-    if by_type is not None and by_type is not DbtRuntimeException:
-        return by_type(message, retryable=found[1] if found and found[0] is by_type else None, **metadata)
+    mro = {klass.__name__ for klass in type(error).__mro__}
+    by_type = next((cls for name, cls in _TYPE_NAMES if name in mro), None)
+    found = _match_message(message, labels=by_type is None)
+    # Jinja and parsing errors are code problems whatever their text says; for the broader dbt types
+    # (config, database, runtime) the driver's message is more precise than the class.
+    if by_type is DbtCompilationException and mro & _CODE_ERRORS:
+        return DbtCompilationException(message, **metadata)
     if found:
         return found[0](message, retryable=found[1], **metadata)
     return (by_type or DbtException)(message, **metadata)
@@ -253,6 +257,9 @@ def classify_dbt_error(
         return _from_message(error, DbtException, **metadata)
     if _is_event(error):
         return _from_event(error, **metadata)  # type: ignore[arg-type]
+    if isinstance(error, Mapping):
+        text = next((error[k] for k in ("msg", "message", "exc", "error") if isinstance(error.get(k), str)), None)
+        return _from_message(text or str(dict(error)), DbtException, **metadata)
     if isinstance(error, Iterable):
         return _classify_many(list(error), metadata)
     return DbtException(f"dbt failed: {error!r}", **metadata)

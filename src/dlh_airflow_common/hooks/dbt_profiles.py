@@ -136,7 +136,8 @@ class PostgresProfile(ProfileMapping):
     }
     required = ("host", "user", "dbname", "schema")
     secrets = ("password",)
-    defaults = {"port": 5432, "schema": "public"}
+    # dbt-postgres requires the key even for trust/peer authentication.
+    defaults = {"port": 5432, "schema": "public", "password": ""}
     passthrough_extras = frozenset(
         {
             "threads", "keepalives_idle", "connect_timeout", "retries", "search_path", "role", "sslmode",

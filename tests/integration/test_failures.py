@@ -1,0 +1,144 @@
+"""Each kind of real dbt failure surfaces as its typed exception, in both invocation modes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlh_airflow_common.exceptions.dbt import (
+    DbtCompilationException,
+    DbtConnectionException,
+    DbtException,
+    DbtProfileException,
+    DbtRuntimeException,
+)
+from dlh_airflow_common.hooks.dbt import DbtHook
+from pg_server import PostgresServer
+
+pytestmark = pytest.mark.integration
+MODES = {"in-process": None, "subprocess": sys.prefix}
+
+GOOD_MODEL = "select 1 as id\n"
+TEST_YML = """
+version: 2
+models:
+  - name: first_model
+    columns:
+      - name: id
+        data_tests: [not_null]
+"""
+
+
+def _project(root: Path, models: dict[str, str], extra_yml: str = "") -> Path:
+    project = root / "proj"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text("name: failures\nversion: '1.0'\nprofile: failures\n")
+    for name, sql in models.items():
+        (project / "models" / f"{name}.sql").write_text(sql)
+    if extra_yml:
+        (project / "models" / "schema.yml").write_text(extra_yml)
+    return project
+
+
+def _run(project: Path, mode: str, conn: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch, **hook: Any) -> Any:
+    if conn is not None:
+        monkeypatch.setenv("AIRFLOW_CONN_FAILCONN", json.dumps(conn))
+        hook.setdefault("conn_id", "failconn")
+    result = DbtHook(project, venv_path=MODES[mode], **hook).run_dbt_task("build")
+    assert not result.success
+    assert result.error is not None
+    return result
+
+
+DUCKDB_CASES = {
+    "compile_error": ({"first_model": GOOD_MODEL, "broken": "select * from {{ ref('first_model' }}"}, "",
+                      DbtCompilationException, None),
+    "missing_ref": ({"first_model": GOOD_MODEL, "orphan": "select * from {{ ref('nope') }}"}, "",
+                    DbtCompilationException, None),
+    "sql_runtime_error": ({"first_model": GOOD_MODEL, "bad_sql": "select * from no_such_table"}, "",
+                          DbtRuntimeException, "model.failures.bad_sql"),
+    "failing_data_test": ({"first_model": "select null as id"}, TEST_YML, DbtRuntimeException,
+                          "test.failures.not_null_first_model_id"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", DUCKDB_CASES)
+def test_duckdb_failures(case: str, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models, yml, expected, node_prefix = DUCKDB_CASES[case]
+    project = _project(tmp_path, models, yml)
+    result = _run(project, mode, {"conn_type": "duckdb", "host": str(tmp_path / "f.duckdb")}, monkeypatch)
+    assert type(result.error) is expected, result.error
+    assert result.error.retryable is False
+    assert result.error.conn_id == "failconn"
+    if node_prefix:
+        assert result.error.node_id is not None and result.error.node_id.startswith(node_prefix)
+        assert result.error.node_id in str(result.error)
+    assert str(result.error).startswith("dbt build failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_profile_file(mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _project(tmp_path, {"first_model": GOOD_MODEL})
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "profiles.yml").write_text(
+        "failures:\n  target: dev\n  outputs:\n    dev:\n      type: postgres\n      user: x\n      port: 5432\n"
+    )
+    result = _run(project, mode, None, monkeypatch, profiles_dir=profiles)
+    assert type(result.error) is DbtProfileException
+    assert "required property" in str(result.error)
+
+
+def test_unknown_connection_is_refused_before_dbt_starts(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"first_model": GOOD_MODEL})
+    with pytest.raises(DbtProfileException, match="'no_such_conn' is not defined") as info:
+        DbtHook(project, conn_id="no_such_conn").run_dbt_task("run")
+    assert info.value.conn_id == "no_such_conn"
+    assert not list((project / "target").glob("run_*")), "the run dir is removed after a refused run"
+
+
+def _pg(server: PostgresServer, **changes: Any) -> dict[str, Any]:
+    conn = {"conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
+            "password": server.password, "schema": server.database, "extra": {"schema": "failures"}}  # fmt: skip
+    conn.update(changes)
+    return conn
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PG_CASES = {
+    "wrong_password": (lambda s: _pg(s, password="Wrong-Pw-5d1e08"), DbtProfileException, "password authentication"),
+    "unknown_database": (lambda s: _pg(s, schema="dlh_no_such_db"), DbtProfileException, "does not exist"),
+    "connection_refused": (lambda s: _pg(s, port=_closed_port()), DbtConnectionException, "Connection refused"),
+    "permission_denied": (lambda s: _pg(s, login=s.readonly_user, password=s.readonly_password,
+                                        extra={"schema": "public"}), DbtRuntimeException, "permission denied"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", PG_CASES)
+def test_postgres_failures(
+    case: str, mode: str, pg_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_conn, expected, text = PG_CASES[case]
+    project = _project(tmp_path, {"first_model": GOOD_MODEL, "second_model": "select * from {{ ref('first_model') }}"})
+    result = _run(project, mode, make_conn(pg_server), monkeypatch)
+    assert type(result.error) is expected, result.error
+    assert isinstance(result.error, DbtException)
+    assert text in str(result.error)
+    assert result.error.retryable is (expected is DbtConnectionException)
+    assert result.error.conn_id == "failconn"
+    for secret in (pg_server.password, pg_server.readonly_password, "Wrong-Pw-5d1e08"):
+        assert secret not in str(result.error)
+        assert secret not in json.dumps(result.to_xcom())
