@@ -242,7 +242,9 @@ class DbtHook(BaseHook):
             "Running dbt %s (%s) for %s in %s", command.command, invocation.mode, project.path, run_dir.path
         )
         started = time.monotonic()
+        self._before_invocation(project, run_dir, command)
         outcome = invocation.run()
+        self._after_invocation(project, run_dir, command, outcome.success)
         wall = time.monotonic() - started
         log_file = str(run_dir.log_path / "dbt.log")
         run_results = load_artifact(run_dir.target_path / RUN_RESULTS)
@@ -270,6 +272,12 @@ class DbtHook(BaseHook):
             error=error,
             artifacts_kept=self.keep_target_artifacts,
         )
+
+    def _before_invocation(self, project: DbtProject, run_dir: RunDir, command: DbtCommand) -> None:
+        """Prepare the run dir before dbt starts (partial-parse cache, packages)."""
+
+    def _after_invocation(self, project: DbtProject, run_dir: RunDir, command: DbtCommand, success: bool) -> None:
+        """Harvest what later runs can reuse from a finished run (partial-parse cache)."""
 
     def _failure_message(self, command: str, return_code: int, error: DbtException, summary: RunSummary) -> str:
         """One message naming the command, the node, dbt's own words, and how many other nodes failed."""
