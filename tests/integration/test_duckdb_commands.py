@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,9 @@ import duckdb
 import pytest
 
 from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
+from modes import MODES
 
 pytestmark = pytest.mark.integration
-
-MODES = {"in-process": None, "subprocess": sys.prefix}
 
 
 @pytest.fixture
@@ -51,7 +49,7 @@ class _Seen:
 @pytest.mark.parametrize("mode", MODES)
 def test_every_example_command(mode: str, example_project: Path, duckdb_conn: tuple[str, Path]) -> None:
     conn_id, database = duckdb_conn
-    hook = DbtHook(example_project, conn_id=conn_id, venv_path=MODES[mode])
+    hook = DbtHook(example_project, conn_id=conn_id, **MODES[mode])
     seen = _Seen()
 
     def run(command: str, **kwargs: Any) -> DbtTaskResult:
@@ -109,8 +107,8 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
     broken = example_project / "models" / "marts" / "broken_model.sql"
     broken.write_text("select * from {{ ref('stg_orders') }} where no_such_column = 1\n")
     outcomes = {}
-    for mode, venv in MODES.items():
-        hook = DbtHook(example_project, conn_id=conn_id, venv_path=venv)
+    for mode, kwargs in MODES.items():
+        hook = DbtHook(example_project, conn_id=conn_id, **kwargs)
         hook.run_dbt_task("seed")
         result = hook.run_dbt_task("build")
         assert not result.success
@@ -121,7 +119,7 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
             result.summary.status_counts,
             [n.unique_id for n in result.summary.failed],
         )
-    assert outcomes["in-process"] == outcomes["subprocess"]
+    assert outcomes["in-process"] == outcomes["venv"]
     error_type, node_id, counts, failed = outcomes["in-process"]
     assert error_type == "DbtRuntimeException"
     assert node_id == "model.shop.broken_model"

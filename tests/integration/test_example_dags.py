@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -54,24 +53,24 @@ FAILING_DAG = textwrap.dedent(
             dbt_project_dir={project!r},
             dbt_command="{{{{ params.command }}}}",
             conn_id="dbt_duckdb",
-            venv_path={venv!r},
+            invocation_mode={mode!r},
             params={{"command": "build"}},
         )
     """
 )
 
 
-@pytest.mark.parametrize("mode", ["inprocess", "subprocess"])
+@pytest.mark.parametrize("mode", ["in-process", "subprocess"])
 def test_failing_model_fails_task_with_typed_error(
     mode: str, shop_env: Path, airflow_db: Path, example_project: Path, tmp_path: Path
 ) -> None:
     (example_project / "models" / "marts" / "broken.sql").write_text(
         "select 1 / 'x' as nope from {{ ref('orders') }}\n"
     )
-    dag_file = tmp_path / f"dbt_failing_{mode}.py"
-    venv = sys.prefix if mode == "subprocess" else None
-    dag_file.write_text(FAILING_DAG.format(suffix=mode, project=str(example_project), venv=venv))
-    run = run_dag_file(dag_file, airflow_db / "dags", f"dbt_failing_{mode}")
+    suffix = mode.replace("-", "_")
+    dag_file = tmp_path / f"dbt_failing_{suffix}.py"
+    dag_file.write_text(FAILING_DAG.format(suffix=suffix, project=str(example_project), mode=mode))
+    run = run_dag_file(dag_file, airflow_db / "dags", f"dbt_failing_{suffix}")
     assert run.state == "failed"
     assert run.task_states == {"dbt_build": "failed"}
     summary = run.xcom("dbt_build", "dbt_summary")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ from dlh_airflow_common.exceptions.dbt import (
     DbtRuntimeException,
 )
 from dlh_airflow_common.hooks.dbt import DbtHook
+from modes import MODES
 from pg_server import PostgresServer
 
 pytestmark = pytest.mark.integration
-MODES = {"in-process": None, "subprocess": sys.prefix}
 
 GOOD_MODEL = "select 1 as id\n"
 TEST_YML = """
@@ -48,7 +47,7 @@ def _run(project: Path, mode: str, conn: dict[str, Any] | None, monkeypatch: pyt
     if conn is not None:
         monkeypatch.setenv("AIRFLOW_CONN_FAILCONN", json.dumps(conn))
         hook.setdefault("conn_id", "failconn")
-    result = DbtHook(project, venv_path=MODES[mode], **hook).run_dbt_task("build")
+    result = DbtHook(project, **MODES[mode], **hook).run_dbt_task("build")
     assert not result.success
     assert result.error is not None
     return result

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dlh_airflow_common.hooks.dbt import DbtHook
+from modes import MODES
 from pg_server import PostgresServer
-
-MODES = {"in-process": None, "subprocess": sys.prefix}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -25,7 +23,7 @@ def test_example_project_on_postgres(
 ) -> None:
     schema = f"shop_{mode.replace('-', '_')}"
     monkeypatch.setenv("AIRFLOW_CONN_TEST_PG", json.dumps(pg_conn_json(dbt_schema=schema)))
-    hook = DbtHook(example_project, conn_id="test_pg", venv_path=MODES[mode])
+    hook = DbtHook(example_project, conn_id="test_pg", **MODES[mode])
     for command in ("seed", "build", "snapshot", "source freshness", "docs generate"):
         result = hook.run_dbt_task(command)
         assert result.success, f"dbt {command} on PostgreSQL ({mode}) failed: {result.error}"

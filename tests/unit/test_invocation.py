@@ -222,7 +222,8 @@ def test_base_env() -> None:
     assert BASE_ENV["DBT_VERSION_CHECK"] == "false"
     invocation = DbtInvocation(["run"], env={"EXTRA": "1"})
     assert invocation.env == {**BASE_ENV, "EXTRA": "1"}
-    assert invocation.mode == "in-process"
+    assert invocation.mode == "subprocess", "subprocess is the default: only it can be stopped reliably"
+    assert invocation.command_prefix == [sys.executable, "-m", "dbt.cli.main"]
 
 
 def test_dispatch_line_routes_json_events_and_text() -> None:
@@ -301,7 +302,10 @@ def test_in_process_run(
     monkeypatch.setattr(FakeRunner, "outcome", SimpleNamespace(success=success, exception=exception, result=None))
     events: list[dict[str, Any]] = []
     invocation = DbtInvocation(
-        ["run", "--select", "orders"], env={"DBT_ENV_SECRET_PASSWORD": "pw-123"}, on_event=events.append
+        ["run", "--select", "orders"],
+        env={"DBT_ENV_SECRET_PASSWORD": "pw-123"},
+        on_event=events.append,
+        mode="in-process",
     )
     result = invocation.run()
 
@@ -334,7 +338,7 @@ def test_concurrent_in_process_runs_do_not_leak_env(monkeypatch: pytest.MonkeyPa
 
         def invoke(self, args: list[str]) -> Any:
             if args[0] == "A":
-                second = DbtInvocation(["B"], env={"DBT_ENV_SECRET_PASSWORD": "secret-of-b"})
+                second = DbtInvocation(["B"], env={"DBT_ENV_SECRET_PASSWORD": "secret-of-b"}, mode="in-process")
                 thread = threading.Thread(target=second.run, daemon=True)
                 threads.append(thread)
                 thread.start()
@@ -348,7 +352,7 @@ def test_concurrent_in_process_runs_do_not_leak_env(monkeypatch: pytest.MonkeyPa
     for key in ("DBT_ENV_SECRET_PASSWORD", *BASE_ENV):  # the leak must not reach other tests
         monkeypatch.delenv(key, raising=False)
 
-    DbtInvocation(["A"], env={"DBT_ENV_SECRET_PASSWORD": "secret-of-a"}).run()
+    DbtInvocation(["A"], env={"DBT_ENV_SECRET_PASSWORD": "secret-of-a"}, mode="in-process").run()
     a_done.set()
     for thread in threads:
         thread.join(timeout=30)

@@ -124,6 +124,7 @@ class DbtCommand:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise DbtCommandError(f"threads must be a positive integer, got {self.threads!r}.")
+        self.argv(project_dir=".", profiles_dir=None, target_path=None, log_path=None)  # refuse bad options now
 
     @property
     def words(self) -> list[str]:

@@ -1,23 +1,28 @@
-"""One dbt execution, in-process (dbtRunner) or in another virtualenv (subprocess), with the same events.
+"""One dbt execution, as a subprocess (default) or in-process (dbtRunner), with the same events.
 
 Both modes hand every event to ``on_event`` as the dict dbt writes with ``--log-format json``, so
-progress, classification and summaries never care which mode ran.
+progress, classification and summaries never care which mode ran. Only the subprocess mode can be
+stopped reliably: SIGINT to its process group (dbt then cancels its open queries), a grace period,
+then SIGKILL. In-process dbt gets a KeyboardInterrupt, which dbt handles only between nodes' queries.
 """
 
 from __future__ import annotations
 
+import _thread
 import gc
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dlh_airflow_common.exceptions.dbt import DbtException, is_error_event
 
@@ -39,13 +44,21 @@ BASE_ENV: dict[str, str] = {
 }
 
 
+InvocationMode = Literal["subprocess", "in-process"]
+INVOCATION_MODES: tuple[str, ...] = ("subprocess", "in-process")
+StopReason = Literal["timeout", "killed"]
+DEFAULT_GRACE_PERIOD = 30.0
+_POLL_SECONDS = 0.1
+
+
 @dataclass
 class InvocationResult:
-    """Exit code, the exception (in-process only) and the error events of one dbt execution."""
+    """Exit code, the exception (in-process only), the error events, and why it was stopped if it was."""
 
     return_code: int
     exception: BaseException | None = None
     error_events: list[dict[str, Any]] = field(default_factory=list)
+    stopped: StopReason | None = None
 
     @property
     def success(self) -> bool:
@@ -105,7 +118,7 @@ def release_adapters() -> None:
 
 
 class DbtInvocation:
-    """Owns exactly one dbt execution: runs it, streams its events, remembers its errors."""
+    """Owns exactly one dbt execution: runs it, streams its events, remembers its errors, can stop it."""
 
     def __init__(
         self,
@@ -113,26 +126,36 @@ class DbtInvocation:
         *,
         env: Mapping[str, str] | None = None,
         venv_path: str | os.PathLike[str] | None = None,
+        mode: InvocationMode = "subprocess",
         on_event: EventHandler | None = None,
         on_output: OutputHandler | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
+        if mode not in INVOCATION_MODES:
+            raise DbtException(f"Unknown invocation mode {mode!r}; use one of {', '.join(INVOCATION_MODES)}.")
+        if mode == "in-process" and venv_path is not None:
+            raise DbtException("venv_path runs dbt from another environment, so it needs the subprocess mode.")
         self.argv = list(argv)
         self.env = {**BASE_ENV, **(env or {})}
-        self.venv_path = venv_path
-        self.executable = dbt_executable(venv_path) if venv_path is not None else None
+        self.mode: InvocationMode = mode
+        # With no venv_path the subprocess runs the dbt installed beside this interpreter.
+        self.command_prefix = (
+            [str(dbt_executable(venv_path))] if venv_path is not None else [sys.executable, "-m", "dbt.cli.main"]
+        )
         self.on_event = on_event
         self.on_output = on_output
+        self.grace_period = grace_period
         self.error_events: list[dict[str, Any]] = []
         self.process: subprocess.Popen[str] | None = None
+        self.stopped: StopReason | None = None
+        self._stop_lock = threading.RLock()  # re-entrant: stop() may run in a signal handler on this thread
+        self._in_process_thread: int | None = None
 
-    @property
-    def mode(self) -> str:
-        return "subprocess" if self.executable is not None else "in-process"
-
-    def run(self) -> InvocationResult:
-        if self.executable is not None:
-            return self._run_subprocess(self.executable)
-        return self._run_in_process()
+    def run(self, timeout: float | None = None) -> InvocationResult:
+        """Run dbt to completion, or until ``timeout`` seconds pass (then stop it gracefully)."""
+        if self.mode == "in-process":
+            return self._run_in_process(timeout)
+        return self._run_subprocess(timeout)
 
     def _handle(self, event: dict[str, Any]) -> None:
         if is_error_event(event) and len(self.error_events) < _MAX_ERROR_EVENTS:
@@ -140,7 +163,8 @@ class DbtInvocation:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _run_in_process(self) -> InvocationResult:
+    # -- in-process ---------------------------------------------------------------------------------
+    def _run_in_process(self, timeout: float | None) -> InvocationResult:
         from dbt.cli.main import dbtRunner
         from dbt_common.events.functions import msg_to_dict
 
@@ -148,10 +172,22 @@ class DbtInvocation:
             self._handle(msg_to_dict(message))
 
         args = [*self.argv, "--log-level", "none", "--log-level-file", "debug", "--log-format-file", "debug"]
+        timer = threading.Timer(timeout, self.stop, kwargs={"reason": "timeout"}) if timeout else None
         with _IN_PROCESS_LOCK, _patched_environ(self.env):
+            self._in_process_thread = threading.get_ident()
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             try:
                 result = dbtRunner(callbacks=[callback]).invoke(args)
+            except KeyboardInterrupt:
+                if self.stopped is None:
+                    raise
+                return InvocationResult(return_code=2, error_events=self.error_events, stopped=self.stopped)
             finally:
+                if timer is not None:
+                    timer.cancel()
+                self._in_process_thread = None
                 release_adapters()
         if result.success:
             code = 0
@@ -159,21 +195,19 @@ class DbtInvocation:
             code = 2
         else:
             code = 1
-        return InvocationResult(return_code=code, exception=result.exception, error_events=self.error_events)
+        return InvocationResult(
+            return_code=code, exception=result.exception, error_events=self.error_events, stopped=self.stopped
+        )
 
-    def _run_subprocess(self, executable: Path) -> InvocationResult:
+    # -- subprocess ---------------------------------------------------------------------------------
+    def _run_subprocess(self, timeout: float | None) -> InvocationResult:
         args = [
-            str(executable),
-            *self.argv,
-            "--log-format",
-            "json",
-            "--log-level-file",
-            "debug",
-            "--log-format-file",
-            "debug",
-        ]
+            *self.command_prefix, *self.argv,
+            "--log-format", "json", "--log-level-file", "debug", "--log-format-file", "debug",
+        ]  # fmt: skip
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        with subprocess.Popen(
+        deadline = time.monotonic() + timeout if timeout else None
+        process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -183,13 +217,30 @@ class DbtInvocation:
             errors="replace",
             env=env,
             start_new_session=True,  # its own process group, so a stop reaches dbt's children too
-        ) as process:
-            self.process = process
-            assert process.stdout is not None
-            for line in process.stdout:
-                self._dispatch_line(line)
-            code = process.wait()
-        return InvocationResult(return_code=code, error_events=self.error_events)
+        )
+        self.process = process
+        assert process.stdout is not None
+        reader = threading.Thread(target=self._pump, args=(process.stdout,), name="dbt-output", daemon=True)
+        reader.start()
+        try:
+            # poll() instead of wait(): wait() holds a lock that a stop() run from a signal handler would need.
+            while process.poll() is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stop("timeout")
+                reader.join(_POLL_SECONDS)
+        except BaseException:
+            # Airflow's own timeout, a KeyboardInterrupt, anything: never leave dbt running behind us.
+            self.stop("killed")
+            raise
+        finally:
+            reader.join(timeout=5)
+            process.stdout.close()
+            self._kill_group(process, signal.SIGKILL)  # stragglers of the group, if any
+        return InvocationResult(return_code=process.returncode, error_events=self.error_events, stopped=self.stopped)
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._dispatch_line(line)
 
     def _dispatch_line(self, line: str) -> None:
         stripped = line.strip()
@@ -207,3 +258,44 @@ class DbtInvocation:
             self.on_output(stripped)
         else:
             print(stripped, file=sys.stderr)
+
+    # -- stopping -----------------------------------------------------------------------------------
+    def stop(self, reason: StopReason = "killed") -> None:
+        """Stop dbt gracefully: SIGINT, up to ``grace_period`` seconds for it to cancel queries, then SIGKILL."""
+        with self._stop_lock:
+            if self.stopped is not None:
+                return
+            self.stopped = reason
+        if self.mode == "in-process":
+            self._interrupt_in_process()
+            return
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        self._kill_group(process, signal.SIGINT)
+        end = time.monotonic() + self.grace_period
+        while time.monotonic() < end:
+            if process.poll() is not None:
+                return
+            time.sleep(_POLL_SECONDS)
+        logger.warning("dbt did not stop within %.0fs of SIGINT; sending SIGKILL", self.grace_period)
+        self._kill_group(process, signal.SIGKILL)
+        end = time.monotonic() + 5
+        while process.poll() is None and time.monotonic() < end:
+            time.sleep(_POLL_SECONDS)
+
+    def _interrupt_in_process(self) -> None:
+        logger.warning(
+            "Stopping in-process dbt with a KeyboardInterrupt; queries already sent may keep running. "
+            "Use the subprocess invocation mode for a reliable stop."
+        )
+        if self._in_process_thread is None:
+            return
+        if self._in_process_thread == threading.get_ident():
+            raise KeyboardInterrupt  # called on dbt's own thread (e.g. from a signal handler)
+        _thread.interrupt_main()
+
+    @staticmethod
+    def _kill_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)

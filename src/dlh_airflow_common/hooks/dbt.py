@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.artifacts import (
     CATALOG,
     MANIFEST,
@@ -21,13 +24,25 @@ from dlh_airflow_common.dbt.artifacts import (
     load_artifact,
 )
 from dlh_airflow_common.dbt.command import DbtCommand
-from dlh_airflow_common.dbt.invocation import DbtInvocation
+from dlh_airflow_common.dbt.invocation import (
+    DEFAULT_GRACE_PERIOD,
+    INVOCATION_MODES,
+    DbtInvocation,
+    InvocationMode,
+    InvocationResult,
+)
 from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter, format_summary
+from dlh_airflow_common.dbt.retry import RetryPolicy, merge_summaries
 from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
-from dlh_airflow_common.exceptions.dbt import DbtException, DbtProfileException, classify_dbt_error
+from dlh_airflow_common.exceptions.dbt import (
+    DbtException,
+    DbtExecutionTimeoutException,
+    DbtProfileException,
+    classify_dbt_error,
+)
 from dlh_airflow_common.hooks.dbt_profiles import render_target
 
 GENERATED_PROFILE_NAME = "dlh_airflow"
@@ -48,6 +63,7 @@ class DbtTaskResult:
     elapsed_seconds: float
     error: DbtException | None = None
     artifacts_kept: bool = False
+    attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_xcom(self, *, max_nodes: int = 20, max_message: int = 300) -> dict[str, Any]:
@@ -58,6 +74,7 @@ class DbtTaskResult:
             "return_code": self.return_code,
             "run_dir": Path(self.run_dir).name,
             "wall_seconds": round(self.elapsed_seconds, 3),
+            "attempts": self.attempts,
             **self.summary.to_dict(max_nodes=max_nodes, max_message=max_message),
         }
         if self.artifacts_kept:
@@ -79,6 +96,10 @@ class _Profile:
     profile_name: str | None
     target: str | None
     env: dict[str, str]
+
+
+def _cancelled_outcome() -> InvocationResult:
+    return InvocationResult(return_code=2, stopped="killed")
 
 
 class DbtHook(BaseHook):
@@ -104,7 +125,13 @@ class DbtHook(BaseHook):
         schema_override: str | None = None,
         keep_target_artifacts: bool = False,
         ascii_only: bool = True,
+        invocation_mode: InvocationMode = "subprocess",
+        execution_timeout: float | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
         logger: Any = None,
+        partial_parse_cache: bool = True,
+        deps_cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
@@ -116,12 +143,27 @@ class DbtHook(BaseHook):
         self.target_path = str(target_path) if target_path else None
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
+        RetryPolicy(retry_limit, retry_delay)  # refuse bad values when the hook is built
+        if invocation_mode not in INVOCATION_MODES:
+            raise DbtException(
+                f"invocation_mode must be one of {', '.join(INVOCATION_MODES)}, not {invocation_mode!r}."
+            )
+        if invocation_mode == "in-process" and venv_path:
+            raise DbtException("venv_path runs dbt from another environment; it cannot be combined with in-process.")
+        self.invocation_mode: InvocationMode = invocation_mode
+        self.execution_timeout = execution_timeout
+        self.grace_period = grace_period
+        self._cancelled = threading.Event()
         self.schema_override = schema_override
         self.keep_target_artifacts = keep_target_artifacts
         self.ascii_only = ascii_only
         self._logger = logger
         self.last_target_path: str | None = None
         self.invocation: DbtInvocation | None = None
+        self.partial_parse_cache = partial_parse_cache
+        self.deps_cache = deps_cache
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self._parse_seed: Any = None
 
     @property
     def run_log(self) -> Any:
@@ -183,13 +225,18 @@ class DbtHook(BaseHook):
         fail_fast: bool = False,
         extra_args: Sequence[str] = (),
         *,
+        macro_args: Mapping[str, Any] | None = None,
         run_name: str | None = None,
+        resume_state: str | os.PathLike[str] | None = None,
         post_run: Callable[[DbtTaskResult], None] | None = None,
     ) -> DbtTaskResult:
         """Run one dbt command in its own run dir; dbt failures come back classified in ``result.error``.
 
-        Bad input (unknown command, missing project, broken connection definition) raises before dbt
-        starts. ``post_run`` is called with the result while the run dir still exists (uploads, lineage).
+        Bad input (unknown command, missing project, broken connection definition) raises before anything
+        is written. Transient failures are retried (``retry_limit``, ``retry_delay``); after partial
+        progress the retry is ``dbt retry``. With ``resume_state`` a previous try's failed run is resumed
+        with ``dbt retry`` and this run's state is kept there until the command succeeds. ``post_run`` is
+        called with the result while the run dir still exists (uploads, lineage).
         """
         project = load_project(self.dbt_project_dir)
         dbt_command = DbtCommand(
@@ -202,28 +249,94 @@ class DbtHook(BaseHook):
             threads=threads,
             fail_fast=fail_fast,
             extra_args=tuple(extra_args),
+            macro_args=macro_args,
         )
-        run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
-        if run_dir.fallback:
-            self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
-        self.last_target_path = str(run_dir.target_path)
-        try:
-            with self._profile(project) as profile:
-                result = self._execute(dbt_command, project, profile, run_dir)
-            if post_run is not None:
-                post_run(result)
+        policy = RetryPolicy(self.retry_limit, self.retry_delay)
+        self._cancelled.clear()
+        with self._profile(project) as profile:
+            run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
+            if run_dir.fallback:
+                self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
+            self.last_target_path = str(run_dir.target_path)
+            try:
+                state_dir = Path(resume_state) if resume_state is not None else None
+                resuming = state_dir is not None and retry_state.restore(state_dir, run_dir.target_path)
+                if state_dir is not None:
+                    self.run_log.info(
+                        "Resuming the previous try's failed nodes with dbt retry"
+                        if resuming
+                        else "No state from a previous try: running the full command"
+                    )
+                result = self._run_attempts(dbt_command, project, profile, run_dir, policy, resuming)
+                if state_dir is not None:
+                    if result.success:
+                        retry_state.clear(state_dir)
+                    else:
+                        retry_state.save(state_dir, run_dir.target_path)
+                if post_run is not None:
+                    post_run(result)
+                return result
+            finally:
+                self.invocation = None
+                if self.keep_target_artifacts:
+                    self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
+                elif run_dir.cleanup():
+                    self.last_target_path = None
+
+    def cancel(self) -> None:
+        """Stop the running dbt (graceful, see ``grace_period``) and any pending retry; safe to call anytime."""
+        self._cancelled.set()
+        invocation = self.invocation
+        if invocation is not None:
+            invocation.stop("killed")
+
+    def _run_attempts(
+        self,
+        dbt_command: DbtCommand,
+        project: DbtProject,
+        profile: _Profile,
+        run_dir: RunDir,
+        policy: RetryPolicy,
+        resuming: bool,
+    ) -> DbtTaskResult:
+        deadline = time.monotonic() + self.execution_timeout if self.execution_timeout else None
+        retry_command = DbtCommand("retry", threads=dbt_command.threads, fail_fast=dbt_command.fail_fast)
+        state: dict[str, Any] = {"command": retry_command if resuming else dbt_command, "summary": None}
+
+        def attempt(number: int) -> DbtTaskResult:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = self._execute(state["command"], project, profile, run_dir, timeout=remaining)
+            result.attempts = number
+            state["summary"] = result.summary = merge_summaries(state["summary"], result.summary)
+            # After partial progress, only the failed and skipped nodes are run again.
+            if not result.success and result.run_results.get("results"):
+                state["command"] = retry_command
             return result
-        finally:
-            self.invocation = None
-            if self.keep_target_artifacts:
-                self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
-            elif run_dir.cleanup():
-                self.last_target_path = None
+
+        def should_retry(result: DbtTaskResult, wait: float) -> bool:
+            if result.error is None or not result.error.retryable:
+                return False
+            return deadline is None or time.monotonic() + wait < deadline
+
+        def log_retry(number: int, total: int, result: DbtTaskResult, wait: float) -> None:
+            reason = str(result.error).split(": ", 1)[-1] if result.error else "unknown"
+            self.run_log.warning("attempt %d/%d failed: %s; retrying in %gs", number, total, reason, wait)
+
+        result = policy.run(attempt, should_retry=should_retry, on_retry=log_retry, cancelled=self._cancelled)
+        if result.error is not None and result.attempts > 1:
+            result.error.message += f" (after {result.attempts} attempts)"
+        for line in format_summary(
+            result.summary, command=dbt_command.command, run_name=run_dir.name, success=result.success,
+            wall_seconds=result.elapsed_seconds, ascii_only=self.ascii_only,
+        ):  # fmt: skip
+            self.run_log.info("%s", line)
+        return result
 
     def _execute(
-        self, dbt_command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir
+        self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir, *, timeout: float | None
     ) -> DbtTaskResult:
-        command = DbtCommand(**{**dbt_command.__dict__, "target": profile.target or dbt_command.target})
+        if profile.target:
+            command = dataclasses.replace(command, target=profile.target)
         argv = command.argv(
             project_dir=str(project.path),
             profiles_dir=profile.profiles_dir,
@@ -235,7 +348,13 @@ class DbtHook(BaseHook):
         redactor = Redactor.from_env(profile.env)
         reporter = ProgressReporter(self.run_log, ascii_only=self.ascii_only, redactor=redactor)
         invocation = DbtInvocation(
-            argv, env=profile.env, venv_path=self.venv_path, on_event=reporter, on_output=reporter.line
+            argv,
+            env=profile.env,
+            venv_path=self.venv_path,
+            mode=self.invocation_mode,
+            on_event=reporter,
+            on_output=reporter.line,
+            grace_period=self.grace_period,
         )
         self.invocation = invocation
         self.run_log.info(
@@ -243,25 +362,22 @@ class DbtHook(BaseHook):
         )
         started = time.monotonic()
         self._before_invocation(project, run_dir, command)
-        outcome = invocation.run()
+        outcome = invocation.run(timeout=timeout) if not self._cancelled.is_set() else _cancelled_outcome()
         self._after_invocation(project, run_dir, command, outcome.success)
         wall = time.monotonic() - started
         log_file = str(run_dir.log_path / "dbt.log")
         run_results = load_artifact(run_dir.target_path / RUN_RESULTS)
         summary = redactor.summary(RunSummary.from_artifacts(run_results, load_artifact(run_dir.target_path / SOURCES)))
         error: DbtException | None = None
-        if not outcome.success:
+        if outcome.stopped is not None:
+            error = self._stopped_error(command.command, outcome.stopped, reporter, log_file)
+        elif not outcome.success:
             failures: list[Any] = [outcome.exception] if outcome.exception is not None else []
             failures += outcome.error_events
             error = classify_dbt_error(failures, conn_id=self.conn_id, log_path=log_file)
             error.message = redactor(self._failure_message(command.command, outcome.return_code, error, summary))
-        for line in format_summary(
-            summary, command=command.command, run_name=run_dir.name, success=outcome.success, wall_seconds=wall,
-            ascii_only=self.ascii_only,
-        ):  # fmt: skip
-            self.run_log.info("%s", line)
         return DbtTaskResult(
-            success=outcome.success,
+            success=outcome.success and error is None,
             command=command.command,
             return_code=outcome.return_code,
             run_results=run_results,
@@ -273,11 +389,77 @@ class DbtHook(BaseHook):
             artifacts_kept=self.keep_target_artifacts,
         )
 
+    def _stopped_error(self, command: str, reason: str, reporter: ProgressReporter, log_file: str) -> DbtException:
+        progress = f"{reporter.nodes_done}/{reporter.nodes_total or '?'} nodes had finished"
+        self.run_log.warning("dbt %s was stopped (%s); %s", command, reason, progress)
+        if reason == "timeout":
+            return DbtExecutionTimeoutException(
+                f"dbt {command} exceeded the execution timeout of {self.execution_timeout:g}s and was stopped; "
+                f"{progress}.",
+                conn_id=self.conn_id,
+                log_path=log_file,
+            )
+        return DbtException(
+            f"dbt {command} was stopped because the task was killed; {progress}.",
+            conn_id=self.conn_id,
+            log_path=log_file,
+        )
+
     def _before_invocation(self, project: DbtProject, run_dir: RunDir, command: DbtCommand) -> None:
-        """Prepare the run dir before dbt starts (partial-parse cache, packages)."""
+        """Prepare the run dir before dbt starts: cached packages, then the last good partial parse."""
+        from dlh_airflow_common.dbt import deps, partial_parse
+
+        self._parse_seed = None
+        invocation = self.invocation
+        if invocation is None or not (self.partial_parse_cache or self.deps_cache):
+            return
+        env = {**os.environ, **invocation.env}
+        version = partial_parse.dbt_version(self.venv_path)
+        root = partial_parse.cache_root(run_dir.path.parent, self.cache_dir)
+        packages = None
+        if self.deps_cache:
+            prepared = deps.prepare_packages(
+                project.path, env, dbt_version=version, cache_root=root, command=command.command,
+                run_dir=run_dir.path, venv_path=self.venv_path, mode=invocation.mode, log=self.run_log,
+            )  # fmt: skip
+            if prepared is not None:
+                invocation.env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
+                env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
+                packages = prepared.key
+        if not self.partial_parse_cache or not command.accepts("target_path"):
+            return
+        if partial_parse.partial_parse_disabled(invocation.argv, env):
+            return
+        if command.command == "retry" and (run_dir.target_path / partial_parse.PARTIAL_PARSE_FILE).is_file():
+            return  # the failed attempt's own parse is already there
+        try:
+            key = partial_parse.parse_key(invocation.argv, env, project_dir=project.path, version=version,
+                                          packages=packages)  # fmt: skip
+            seed = partial_parse.PartialParseCache(root / "partial_parse").seed(key, run_dir.target_path)
+        except OSError as err:
+            self.run_log.warning("Partial-parse cache unavailable, dbt parses in full: %s", err)
+            return
+        # dbt retry re-parses with the vars of the run it retries, which its argv does not show: seed but
+        # never publish, so an entry is only ever written under the key that produced it.
+        self._parse_seed = seed if command.command != "retry" else None
+        if seed.seeded:
+            self.run_log.info("Partial parse seeded from cache %s", seed.entry)
+        else:
+            self.run_log.info("No cached partial parse for this project, target and vars yet: full parse.")
 
     def _after_invocation(self, project: DbtProject, run_dir: RunDir, command: DbtCommand, success: bool) -> None:
-        """Harvest what later runs can reuse from a finished run (partial-parse cache)."""
+        """Publish the msgpack dbt wrote (if it parsed) so the next isolated run starts from it."""
+        from dlh_airflow_common.dbt.partial_parse import PartialParseCache
+
+        seed, self._parse_seed = self._parse_seed, None
+        # A failed run counts only if it got past parsing (a killed one may have left a truncated msgpack).
+        if seed is None or not (success or (run_dir.target_path / RUN_RESULTS).is_file()):
+            return
+        try:
+            if PartialParseCache(seed.entry.parent.parent).publish(seed):
+                self.run_log.info("Published the new partial parse to cache %s", seed.entry)
+        except OSError as err:
+            self.run_log.warning("Could not publish the partial parse to the cache: %s", err)
 
     def _failure_message(self, command: str, return_code: int, error: DbtException, summary: RunSummary) -> str:
         """One message naming the command, the node, dbt's own words, and how many other nodes failed."""

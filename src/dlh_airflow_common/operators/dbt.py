@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from dlh_airflow_common.dbt import retry_state
+from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
+from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.hooks.dbt import DbtHook
 
@@ -16,6 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 XCOM_SUMMARY_KEY = "dbt_summary"
+_BACKSTOP_MARGIN_SECONDS = 30
 
 
 def as_timedelta(value: timedelta | int | float | None) -> timedelta | None:
@@ -73,10 +78,19 @@ class DbtOperator(BaseOperator):
         keep_target_artifacts: bool = False,
         dbt_args: Sequence[str] | None = None,
         run_dir_root: str | None = None,
+        invocation_mode: InvocationMode = "subprocess",
+        retry_limit: int = 3,
+        transient_retry_delay: float = 1,
+        retry_from_failure: bool = False,
+        kill_grace_period: float = DEFAULT_GRACE_PERIOD,
         execution_timeout: timedelta | int | float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(execution_timeout=as_timedelta(execution_timeout), **kwargs)
+        timeout = as_timedelta(execution_timeout)
+        # dbt is stopped gracefully at the timeout by the hook; Airflow's own timeout only backs it up.
+        backstop = timeout + timedelta(seconds=kill_grace_period + _BACKSTOP_MARGIN_SECONDS) if timeout else None
+        super().__init__(execution_timeout=backstop, **kwargs)
+        self.dbt_timeout = timeout
         self.dbt_project_dir = dbt_project_dir
         self.dbt_command = dbt_command
         self.venv_path = venv_path
@@ -95,6 +109,11 @@ class DbtOperator(BaseOperator):
         self.keep_target_artifacts = keep_target_artifacts
         self.dbt_args = list(dbt_args or ())
         self.run_dir_root = run_dir_root
+        self.invocation_mode: InvocationMode = invocation_mode
+        self.retry_limit = retry_limit
+        self.transient_retry_delay = transient_retry_delay
+        self.retry_from_failure = retry_from_failure
+        self.kill_grace_period = kill_grace_period
 
     @cached_property
     def hook(self) -> DbtHook:
@@ -108,17 +127,18 @@ class DbtOperator(BaseOperator):
             target_path=self.run_dir_root,
             schema_override=self.schema_override,
             keep_target_artifacts=self.keep_target_artifacts,
+            retry_limit=self.retry_limit,
+            retry_delay=self.transient_retry_delay,
+            invocation_mode=self.invocation_mode,
+            execution_timeout=self.dbt_timeout.total_seconds() if self.dbt_timeout else None,
+            grace_period=self.kill_grace_period,
             logger=self.log,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        run_name = run_dir_name(
-            ti.dag_id,
-            ti.task_id,
-            ti.try_number,
-            map_index=getattr(ti, "map_index", None),
-        )
+        map_index = getattr(ti, "map_index", None)
+        run_name = run_dir_name(ti.dag_id, ti.task_id, ti.try_number, map_index=map_index)
         result = self.hook.run_dbt_task(
             self.dbt_command,
             select=self.dbt_models,
@@ -130,9 +150,26 @@ class DbtOperator(BaseOperator):
             fail_fast=self.fail_fast,
             extra_args=self.dbt_args,
             run_name=run_name,
+            resume_state=self._resume_state(context) if self.retry_from_failure else None,
         )
         summary = result.to_xcom()
         ti.xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
         if result.error is not None:
             raise result.error
         return summary
+
+    def _resume_state(self, context: Context) -> Path:
+        """Where this task instance keeps the state ``dbt retry`` needs in its next try."""
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        root = Path(self.run_dir_root) if self.run_dir_root else Path(self.dbt_project_dir) / "target"
+        state = resume_state_dir(root, ti.dag_id, ti.task_id, context["run_id"], f"map{map_index}")
+        if ti.try_number <= 1:
+            retry_state.clear(state)  # a first try never resumes leftovers of an older run
+        return state
+
+    def on_kill(self) -> None:
+        """Stop dbt gracefully: SIGINT to its process group, ``kill_grace_period`` seconds, then SIGKILL."""
+        hook = self.__dict__.get("hook")
+        if hook is not None:
+            hook.cancel()

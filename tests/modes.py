@@ -1,0 +1,12 @@
+"""The invocation modes integration tests run in: DbtHook keyword arguments per mode."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+# "venv" names this same environment as venv_path, the way a separate dbt virtualenv is used.
+MODES: dict[str, dict[str, Any]] = {
+    "in-process": {"invocation_mode": "in-process"},
+    "venv": {"venv_path": sys.prefix},
+}
