@@ -51,7 +51,7 @@ def _model_sql(name: str, parents: list[str], tag: str, materialized: str) -> st
         f"-- {name}: {len(parents)} parent(s)\n"
         f"with {ctes}\n"
         f"select p0.id, {total} as value, {{{{ bench_scaled('p0.value') }}}} as scaled,\n"
-        f"       '{{{{ var(\"bench_label\", \"default\") }}}}' as label\n"
+        f'       \'{{{{ var("bench_label", "default") }}}}\' as label\n'
         f"from p0\n{joins}\n"
     )
 
@@ -75,7 +75,6 @@ def generate(out: Path, models: int, *, seed: int = 7) -> dict[str, int]:
     sources = max(5, models // 20)
     staging = max(sources, models // 5)
     intermediate = models // 2
-    marts = models - staging - intermediate
     source_tables = [f"src_{i}" for i in range(sources)]
 
     (out / "macros").mkdir(parents=True)

@@ -441,3 +441,14 @@ def test_accepts_reflects_command_table() -> None:
     assert DbtCommand("run").accepts("full_refresh")
     assert not DbtCommand("test").accepts("full_refresh")
     assert not DbtCommand("deps").accepts("target_path")
+
+
+def test_without_succeeded_excludes_previous_successes_and_keeps_user_excludes() -> None:
+    command = DbtCommand("build", select="tag:daily", exclude="legacy", vars={"x": 1})
+    resumed = command.without_succeeded("/runs/r1/previous_state")
+    argv = resumed.argv(project_dir="/p", profiles_dir=None, target_path="/t", log_path="/l")
+    exclude_at = argv.index("--exclude")
+    assert argv[exclude_at + 1 : exclude_at + 3] == ["legacy", "result:success"]
+    assert argv[argv.index("--state") + 1] == "/runs/r1/previous_state"
+    assert argv[argv.index("--select") + 1] == "tag:daily"
+    assert command.exclude == "legacy", "the original command is unchanged"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -424,3 +425,67 @@ def test_patched_environ_with_empty_mapping(env_keys: dict[str, str | None]) -> 
 
 def test_module_exposes_max_error_events() -> None:
     assert invocation_module._MAX_ERROR_EVENTS == 500
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stopping a subprocess: SIGINT to the group, grace period, then SIGKILL
+# ---------------------------------------------------------------------------------------------------------
+def _sleepy_dbt(tmp_path: Path, *, ignore_sigint: bool) -> Path:
+    venv = tmp_path / ("stubborn" if ignore_sigint else "polite")
+    (venv / "bin").mkdir(parents=True)
+    script = venv / "bin" / "dbt"
+    handler = "signal.signal(signal.SIGINT, signal.SIG_IGN)" if ignore_sigint else ""
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, signal, sys, time\n"
+        f"{handler}\n"
+        "print(json.dumps({'info': {'name': 'MainReportVersion', 'level': 'info', 'msg': 'started'}, 'data': {}}),"
+        " flush=True)\n"
+        "try:\n"
+        "    time.sleep(600)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('cancelled', flush=True)\n"
+        "    sys.exit(2)\n"
+    )
+    script.chmod(0o755)
+    return venv
+
+
+@pytest.mark.timeout(60)
+def test_timeout_stops_a_polite_dbt_with_sigint(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    invocation = DbtInvocation(["run"], venv_path=_sleepy_dbt(tmp_path, ignore_sigint=False), on_event=events.append,
+                               on_output=lambda _: None, grace_period=30)  # fmt: skip
+    result = invocation.run(timeout=1)
+    assert result.stopped == "timeout"
+    assert result.return_code == 2, "exited by itself on SIGINT, well before the 30 s grace period"
+    assert [e["info"]["name"] for e in events] == ["MainReportVersion"]
+
+
+@pytest.mark.timeout(60)
+def test_stubborn_dbt_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    invocation = DbtInvocation(["run"], venv_path=_sleepy_dbt(tmp_path, ignore_sigint=True), on_output=lambda _: None,
+                               grace_period=0.5)  # fmt: skip
+    result = invocation.run(timeout=1)
+    assert result.stopped == "timeout"
+    assert result.return_code == -signal.SIGKILL
+
+
+@pytest.mark.timeout(60)
+def test_stop_from_another_thread_and_no_zombie(tmp_path: Path) -> None:
+    invocation = DbtInvocation(["run"], venv_path=_sleepy_dbt(tmp_path, ignore_sigint=False), on_output=lambda _: None)
+    threading.Timer(1.0, invocation.stop).start()
+    result = invocation.run()
+    assert result.stopped == "killed"
+    assert invocation.process is not None
+    pid = invocation.process.pid
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # already reaped: no zombie left behind
+    invocation.stop()  # idempotent
+
+
+def test_in_process_mode_refuses_a_venv(tmp_path: Path) -> None:
+    with pytest.raises(DbtException, match="needs the subprocess mode"):
+        DbtInvocation(["run"], venv_path=tmp_path, mode="in-process")
+    with pytest.raises(DbtException, match="Unknown invocation mode"):
+        DbtInvocation(["run"], mode="thread")  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -125,6 +126,12 @@ class DbtCommand:
         ):
             raise DbtCommandError(f"threads must be a positive integer, got {self.threads!r}.")
         self.argv(project_dir=".", profiles_dir=None, target_path=None, log_path=None)  # refuse bad options now
+
+    def without_succeeded(self, state_path: str) -> DbtCommand:
+        """This command minus the nodes a previous run (its run_results.json in ``state_path``) built."""
+        excluded = _selection("exclude", self.exclude)
+        extra = [*self.extra_args, "--state", state_path]
+        return dataclasses.replace(self, exclude=[*excluded, "result:success"], extra_args=tuple(extra))
 
     @property
     def words(self) -> list[str]:

@@ -9,6 +9,7 @@ then SIGKILL. In-process dbt gets a KeyboardInterrupt, which dbt handles only be
 from __future__ import annotations
 
 import _thread
+import ctypes
 import gc
 import json
 import logging
@@ -117,6 +118,28 @@ def release_adapters() -> None:
     gc.collect()
 
 
+def _interrupt_when_parent_dies() -> Callable[[], None] | None:
+    """On Linux, have the kernel send dbt SIGINT if the task process dies (e.g. SIGKILLed by Airflow).
+
+    dbt then cancels its queries and exits instead of running on as an orphan in its own session.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:  # runs in the child between fork and exec: no imports, no locks
+        prctl(pr_set_pdeathsig, signal.SIGINT)
+        if os.getppid() != parent:  # the parent died before the call above
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return arm
+
+
 class DbtInvocation:
     """Owns exactly one dbt execution: runs it, streams its events, remembers its errors, can stop it."""
 
@@ -217,6 +240,7 @@ class DbtInvocation:
             errors="replace",
             env=env,
             start_new_session=True,  # its own process group, so a stop reaches dbt's children too
+            preexec_fn=_interrupt_when_parent_dies(),
         )
         self.process = process
         assert process.stdout is not None
@@ -254,7 +278,9 @@ class DbtInvocation:
             if isinstance(event, dict) and "info" in event:
                 self._handle(event)
                 return
-        if self.on_output is not None:
+        if self.stopped is not None:
+            logger.debug("dbt after stop: %s", stripped)  # dbt's KeyboardInterrupt traceback is noise here
+        elif self.on_output is not None:
             self.on_output(stripped)
         else:
             print(stripped, file=sys.stderr)

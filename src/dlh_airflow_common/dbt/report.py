@@ -22,6 +22,7 @@ _STATUS_WORDS = {
     "warn": "WARN",
     "skipped": "SKIP",
 }
+_SUCCEEDED = frozenset({"OK", "PASS", "WARN", "SUCCESS"})
 _LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO}
 
 
@@ -46,9 +47,13 @@ def node_progress(event: Mapping[str, Any]) -> tuple[int, int, str, str, float |
     name = str(info.get("name", ""))
     if not (name.endswith("Result") or name == "SkippingDetails") or "index" not in data:
         return None
-    unique_id = (data.get("node_info") or {}).get("unique_id") or data.get("node_name") or "?"
+    node_info = data.get("node_info") or {}
+    unique_id = node_info.get("unique_id") or data.get("node_name") or "?"
     total = data.get("total") or data.get("num_models") or 0
-    status = "SKIP" if name == "SkippingDetails" else _status_word(data.get("status"))
+    # data.status is the adapter's response for some adapters ("SELECT 1" on PostgreSQL); node_status is not.
+    node_status = node_info.get("node_status")
+    raw_status = node_status if node_status and node_status != "None" else data.get("status")
+    status = "SKIP" if name == "SkippingDetails" else _status_word(raw_status)
     seconds = data.get("execution_time")
     return (
         int(data.get("index") or 0),
@@ -67,6 +72,7 @@ class ProgressReporter:
         self.ascii_only = ascii_only
         self.redact = redactor or Redactor(())
         self.nodes_done = 0
+        self.nodes_succeeded = 0
         self.nodes_total = 0
 
     def __call__(self, event: Mapping[str, Any]) -> None:
@@ -78,6 +84,7 @@ class ProgressReporter:
         if progress is not None:
             index, total, status, unique_id, seconds = progress
             self.nodes_done += 1
+            self.nodes_succeeded += status in _SUCCEEDED
             self.nodes_total = max(self.nodes_total, total)
             timing = f" {seconds:.2f}s" if seconds is not None else ""
             self.log.log(level, "[%d/%d] %s %s ...%s", index, total, status, unique_id, timing)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from dlh_airflow_common.dbt.artifacts import RUN_RESULTS
 from dlh_airflow_common.dbt.run_dir import private_temp_root, sanitize
@@ -34,38 +35,60 @@ def resume_state_dir(preferred_root: Path, *key: object) -> Path:
     return private_temp_root().joinpath(STATE_DIR_NAME, *parts)
 
 
-def has_state(state_dir: Path) -> bool:
-    return (state_dir / RUN_RESULTS).is_file()
+ResumeHow = Literal["retry", "exclude-succeeded"]
+_MARKER = "resume.json"
+STATE_SUBDIR = "previous_state"
 
 
-def restore(state_dir: Path, target_path: Path) -> bool:
-    """Put the saved run_results.json where ``dbt retry`` reads it; False if there is nothing usable."""
+def restore(state_dir: Path, run_dir: Path) -> ResumeHow | None:
+    """Stage the saved run for this run dir and say how to resume it, or None when there is nothing usable.
+
+    A run that ended on its own lists every selected node, so ``dbt retry`` (which re-runs the failed
+    and skipped ones) is exact. A stopped run never reported the nodes it had not reached, so it is
+    resumed by running the original command again without the nodes that succeeded
+    (``--exclude result:success --state ...``).
+    """
     source = state_dir / RUN_RESULTS
     try:
         content = json.loads(source.read_text(encoding="utf-8"))
+        marker = json.loads((state_dir / _MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if not isinstance(content, dict) or not content.get("results"):
-        return False
-    shutil.copyfile(source, target_path / RUN_RESULTS)
-    return True
+        return None
+    if not isinstance(content, dict) or not content.get("results") or not isinstance(marker, dict):
+        return None
+    if marker.get("complete"):
+        shutil.copyfile(source, run_dir / "target" / RUN_RESULTS)
+        return "retry"
+    staged = run_dir / STATE_SUBDIR
+    staged.mkdir(exist_ok=True)
+    shutil.copyfile(source, staged / RUN_RESULTS)
+    return "exclude-succeeded"
 
 
-def save(state_dir: Path, target_path: Path) -> bool:
+def save(state_dir: Path, target_path: Path, *, complete: bool) -> bool:
     """Keep this try's run_results.json for the next try (atomically: a crash leaves the old state)."""
     source = target_path / RUN_RESULTS
     if not source.is_file():
         return False
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".run_results.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
-            shutil.copyfileobj(src, handle)
-        os.replace(tmp, state_dir / RUN_RESULTS)
+        _atomic_write(state_dir / RUN_RESULTS, source.read_bytes())
+        _atomic_write(state_dir / _MARKER, json.dumps({"complete": complete}).encode())
     except OSError as err:
         logger.warning("Could not keep dbt retry state in %s: %s", state_dir, err)
         return False
     return True
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def clear(state_dir: Path) -> None:

@@ -30,6 +30,7 @@ from dlh_airflow_common.dbt.invocation import (
     DbtInvocation,
     InvocationMode,
     InvocationResult,
+    dbt_executable,
 )
 from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
 from dlh_airflow_common.dbt.project import DbtProject, load_project
@@ -96,6 +97,10 @@ class _Profile:
     profile_name: str | None
     target: str | None
     env: dict[str, str]
+
+
+def _retry_command(command: DbtCommand) -> DbtCommand:
+    return DbtCommand("retry", threads=command.threads, fail_fast=command.fail_fast)
 
 
 def _cancelled_outcome() -> InvocationResult:
@@ -239,6 +244,8 @@ class DbtHook(BaseHook):
         called with the result while the run dir still exists (uploads, lineage).
         """
         project = load_project(self.dbt_project_dir)
+        if self.venv_path is not None:
+            dbt_executable(self.venv_path)
         dbt_command = DbtCommand(
             command=command,
             select=select,
@@ -260,19 +267,14 @@ class DbtHook(BaseHook):
             self.last_target_path = str(run_dir.target_path)
             try:
                 state_dir = Path(resume_state) if resume_state is not None else None
-                resuming = state_dir is not None and retry_state.restore(state_dir, run_dir.target_path)
-                if state_dir is not None:
-                    self.run_log.info(
-                        "Resuming the previous try's failed nodes with dbt retry"
-                        if resuming
-                        else "No state from a previous try: running the full command"
-                    )
-                result = self._run_attempts(dbt_command, project, profile, run_dir, policy, resuming)
+                first = self._resume_command(dbt_command, state_dir, run_dir)
+                result = self._run_attempts(first, dbt_command, project, profile, run_dir, policy)
                 if state_dir is not None:
                     if result.success:
                         retry_state.clear(state_dir)
                     else:
-                        retry_state.save(state_dir, run_dir.target_path)
+                        stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
+                        retry_state.save(state_dir, run_dir.target_path, complete=not stopped)
                 if post_run is not None:
                     post_run(result)
                 return result
@@ -290,18 +292,32 @@ class DbtHook(BaseHook):
         if invocation is not None:
             invocation.stop("killed")
 
+    def _resume_command(self, command: DbtCommand, state_dir: Path | None, run_dir: RunDir) -> DbtCommand:
+        """The command a resumed try starts with: ``dbt retry``, the command minus finished nodes, or itself."""
+        if state_dir is None:
+            return command
+        how = retry_state.restore(state_dir, run_dir.path)
+        if how == "retry":
+            self.run_log.info("Resuming the previous try's failed and skipped nodes with dbt retry")
+            return _retry_command(command)
+        if how == "exclude-succeeded" and command.accepts("exclude"):
+            self.run_log.info("Previous try was stopped: running %s again without its succeeded nodes", command.command)
+            return command.without_succeeded(str(run_dir.path / retry_state.STATE_SUBDIR))
+        self.run_log.info("No usable state from a previous try: running the full command")
+        return command
+
     def _run_attempts(
         self,
+        first: DbtCommand,
         dbt_command: DbtCommand,
         project: DbtProject,
         profile: _Profile,
         run_dir: RunDir,
         policy: RetryPolicy,
-        resuming: bool,
     ) -> DbtTaskResult:
         deadline = time.monotonic() + self.execution_timeout if self.execution_timeout else None
-        retry_command = DbtCommand("retry", threads=dbt_command.threads, fail_fast=dbt_command.fail_fast)
-        state: dict[str, Any] = {"command": retry_command if resuming else dbt_command, "summary": None}
+        retry_command = _retry_command(dbt_command)
+        state: dict[str, Any] = {"command": first, "summary": None}
 
         def attempt(number: int) -> DbtTaskResult:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -390,7 +406,7 @@ class DbtHook(BaseHook):
         )
 
     def _stopped_error(self, command: str, reason: str, reporter: ProgressReporter, log_file: str) -> DbtException:
-        progress = f"{reporter.nodes_done}/{reporter.nodes_total or '?'} nodes had finished"
+        progress = f"{reporter.nodes_succeeded} of {reporter.nodes_total or '?'} nodes had succeeded"
         self.run_log.warning("dbt %s was stopped (%s); %s", command, reason, progress)
         if reason == "timeout":
             return DbtExecutionTimeoutException(

@@ -14,7 +14,7 @@ from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
-from dlh_airflow_common.hooks.dbt import DbtHook
+from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -151,9 +151,17 @@ class DbtOperator(BaseOperator):
             extra_args=self.dbt_args,
             run_name=run_name,
             resume_state=self._resume_state(context) if self.retry_from_failure else None,
+            post_run=lambda result: self._after_run(context, result),
         )
+        return self._finish(context, result)
+
+    def _after_run(self, context: Context, result: DbtTaskResult) -> None:
+        """Runs while the run dir still exists, on success and failure: artifact upload, lineage, metrics."""
+
+    def _finish(self, context: Context, result: DbtTaskResult) -> dict[str, Any]:
+        """Push the bounded summary to XCom, then return it or raise the typed error (sync and deferrable)."""
         summary = result.to_xcom()
-        ti.xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
+        context["ti"].xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
         if result.error is not None:
             raise result.error
         return summary

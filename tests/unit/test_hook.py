@@ -1,0 +1,131 @@
+"""DbtHook input checks: every bad input fails with one clear error before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlh_airflow_common.dbt.command import DbtCommandError
+from dlh_airflow_common.dbt.run_dir import run_dir_name
+from dlh_airflow_common.exceptions.dbt import DbtException, DbtProfileException
+from dlh_airflow_common.hooks.dbt import DbtHook
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "proj"
+    (path / "models").mkdir(parents=True)
+    (path / "dbt_project.yml").write_text("name: proj\nversion: '1.0'\nprofile: proj\n")
+    (path / "models" / "m.sql").write_text("select 1 as id\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_GOOD_DUCKDB", json.dumps({"conn_type": "duckdb", "host": "/tmp/x.duckdb"}))
+    monkeypatch.setenv("AIRFLOW_CONN_WEIRD", json.dumps({"conn_type": "mongo", "host": "h"}))
+    monkeypatch.setenv("AIRFLOW_CONN_PG_NO_HOST", json.dumps({"conn_type": "postgres", "login": "u", "schema": "db"}))
+
+
+def _no_venv(tmp: Path) -> dict[str, Any]:
+    (tmp / "empty_venv" / "bin").mkdir(parents=True, exist_ok=True)
+    return {"venv_path": str(tmp / "empty_venv"), "conn_id": "good_duckdb"}
+
+
+# (case, hook kwargs (project dir filled in), run_dbt_task kwargs, exception type, words the message must hold)
+BAD_INPUT: list[tuple[str, Callable[[Path], dict[str, Any]], dict[str, Any], type[Exception], tuple[str, ...]]] = [
+    ("missing connection", lambda t: {"conn_id": "nope"}, {}, DbtProfileException, ("'nope'", "not defined")),
+    ("unknown connection type", lambda t: {"conn_id": "weird"}, {}, DbtProfileException,
+     ("'weird'", "mongo", "Supported connection types", "duckdb", "postgres")),
+    ("connection missing a required field", lambda t: {"conn_id": "pg_no_host"}, {}, DbtProfileException,
+     ("'pg_no_host'", "postgres", "host")),
+    ("conn_id and profiles_dir together", lambda t: {"conn_id": "good_duckdb", "profiles_dir": str(t)}, {},
+     DbtProfileException, ("either conn_id", "not both")),
+    ("profiles_dir without profiles.yml", lambda t: {"profiles_dir": str(t)}, {}, DbtProfileException,
+     ("profiles.yml",)),
+    ("venv_path without a dbt executable", _no_venv, {}, DbtException, ("empty_venv", "no dbt executable")),
+    ("venv_path that does not exist", lambda t: {"venv_path": str(t / "nowhere"), "conn_id": "good_duckdb"}, {},
+     DbtException, ("nowhere", "does not exist")),
+    ("unknown dbt command", lambda t: {"conn_id": "good_duckdb"}, {"command": "deploy"}, DbtCommandError,
+     ("'deploy'", "Supported commands")),
+    ("option the command does not take", lambda t: {"conn_id": "good_duckdb"},
+     {"command": "test", "full_refresh": True}, DbtCommandError, ("dbt test", "full_refresh")),
+    ("vars that cannot be serialised", lambda t: {"conn_id": "good_duckdb"}, {"vars": {"when": object()}},
+     DbtCommandError, ("dbt_vars", "not JSON serialisable")),
+    ("vars holding NaN", lambda t: {"conn_id": "good_duckdb"}, {"vars": {"ratio": float("nan")}}, DbtCommandError,
+     ("dbt_vars",)),
+    ("selection with shell metacharacters", lambda t: {"conn_id": "good_duckdb"},
+     {"select": "orders; rm -rf /"}, DbtCommandError, ("shell metacharacters", "';'")),
+    ("selection with command substitution", lambda t: {"conn_id": "good_duckdb"}, {"exclude": "$(whoami)"},
+     DbtCommandError, ("'$'",)),
+]  # fmt: skip
+
+
+def _profile_dirs() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("dlh-dbt-profile-")}
+
+
+@pytest.mark.parametrize(
+    ("case", "hook_kwargs", "run_kwargs", "error", "words"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT]
+)
+def test_bad_input_fails_before_anything_is_written(
+    case: str,
+    hook_kwargs: Callable[[Path], dict[str, Any]],
+    run_kwargs: dict[str, Any],
+    error: type[Exception],
+    words: tuple[str, ...],
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    profiles_before = _profile_dirs()
+    hook = DbtHook(project, **hook_kwargs(tmp_path))
+    with pytest.raises(error) as info:
+        hook.run_dbt_task(**{"command": "run", **run_kwargs})
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+    assert "Traceback" not in message
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before, "nothing written in the project"
+    assert _profile_dirs() <= profiles_before, "no profile dir left behind"
+
+
+@pytest.mark.parametrize(
+    ("project_dir", "words"),
+    [("missing", ("does not exist",)), ("not_a_project", ("not a dbt project", "dbt_project.yml"))],
+)
+def test_bad_project_dir(project_dir: str, words: tuple[str, ...], tmp_path: Path) -> None:
+    (tmp_path / "not_a_project").mkdir()
+    with pytest.raises(DbtException) as info:
+        DbtHook(tmp_path / project_dir, conn_id="good_duckdb").run_dbt_task("run")
+    assert all(word in str(info.value) for word in words)
+    assert str(tmp_path / project_dir) in str(info.value)
+
+
+def test_ids_with_path_characters_stay_inside_the_root(project: Path) -> None:
+    name = run_dir_name("../../etc", "task/../../x", 1, map_index=2)
+    assert "/" not in name and ".." not in name
+    hook = DbtHook(project, conn_id="good_duckdb", keep_target_artifacts=True)
+    with pytest.raises(DbtCommandError):  # still bad input, but the name itself is accepted
+        hook.run_dbt_task("deploy", run_name=name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"retry_limit": -1}, ("retry_limit",)),
+        ({"retry_delay": -2}, ("retry_delay",)),
+        ({"invocation_mode": "threads"}, ("invocation_mode", "subprocess")),
+        ({"invocation_mode": "in-process", "venv_path": "/opt/dbt"}, ("venv_path", "in-process")),
+    ],
+)
+def test_bad_hook_settings_fail_when_the_hook_is_built(kwargs: dict[str, Any], words: tuple[str, ...]) -> None:
+    with pytest.raises((ValueError, DbtException)) as info:
+        DbtHook("/nonexistent", **kwargs)
+    assert all(word in str(info.value) for word in words)
