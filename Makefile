@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := duckdb,postgres,dev
+EXTRAS := adapters,dev
 
 .PHONY: install demo test lint typecheck lock clean
 

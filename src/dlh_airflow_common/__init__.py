@@ -8,7 +8,13 @@ __version__ = "0.1.0"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe this package to Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+    """Describe this package to Airflow's providers manager (entry point ``apache_airflow_provider``).
+
+    ``connection-types`` registers the connection types no common provider owns, with their form fields
+    (plain data: this runs while Airflow discovers providers, so it must not import hooks).
+    """
+    from dlh_airflow_common.hooks.connection_forms import CONNECTION_TYPES
+
     return {
         "package-name": "dlh-airflow-common",
         "name": "DLH dbt",
@@ -17,9 +23,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "dbt Core",
-                "python-modules": ["dlh_airflow_common.hooks.dbt"],
+                "python-modules": ["dlh_airflow_common.hooks.dbt", "dlh_airflow_common.hooks.dbt_connection_types"],
             }
         ],
+        "connection-types": CONNECTION_TYPES,
         "operators": [
             {
                 "integration-name": "dbt Core",

@@ -110,7 +110,7 @@ def pg_conn_json(pg_server: PostgresServer) -> Callable[..., dict[str, Any]]:
     return make
 
 
-_PG_FIXTURES = frozenset({"pg_server", "pg_airflow_conn", "pg_airflow_conn_readonly", "pg_conn_json"})
+_PG_FIXTURES = frozenset({"pg_server", "pg_airflow_conn", "pg_airflow_conn_readonly", "pg_conn_json", "fault_project"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -119,3 +119,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
             item.add_marker(pytest.mark.integration)
+
+
+# =====================================================================================================
+# The PostgreSQL fault lab (see tests/pg_faults.py)
+# =====================================================================================================
+@pytest.fixture
+def fault_project(tmp_path: Path, pg_server: PostgresServer) -> Iterator[Path]:
+    """The ``faults`` project on the session's server; the server is running again afterwards."""
+    from pg_faults import make_fault_project
+
+    if not pg_server.is_running():
+        pg_server.start_again()
+    yield make_fault_project(tmp_path, pg_server)
+    if not pg_server.is_running():
+        pg_server.start_again()

@@ -38,7 +38,9 @@ def project(example_project: Path) -> Path:
     (example_project / "packages.yml").write_text("packages:\n  - local: ../some_local_pkg\n")
     with (example_project / "dbt_project.yml").open("a") as handle:
         handle.write(OPT_IN)
-    (example_project / "models" / "uses_package.sql").write_text("select {{ shout(\"'quiet'\") }} as word\n")
+    (example_project / "models" / "uses_package.sql").write_text(
+        "select {{ some_local_pkg.shout(\"'quiet'\") }} as word\n"
+    )
     return example_project
 
 
@@ -88,7 +90,7 @@ def test_changed_packages_get_their_own_entry(project: Path, conn: tuple[str, Pa
     [old] = deps_entries(cache_dir)
     add_local_package(project.parent, "other_pkg", "whisper")
     (project / "packages.yml").write_text("packages:\n  - local: ../some_local_pkg\n  - local: ../other_pkg\n")
-    (project / "models" / "uses_other.sql").write_text("select {{ whisper(\"'x'\") }} as word\n")
+    (project / "models" / "uses_other.sql").write_text("select {{ other_pkg.whisper(\"'x'\") }} as word\n")
     result = hook.run_dbt_task("run", select="uses_other")
     assert result.success, result.error
     entries = deps_entries(cache_dir)
@@ -141,7 +143,7 @@ def test_eight_concurrent_runs_install_once(project: Path, tmp_path: Path) -> No
         assert child.returncode == 0, err[-3000:]
         result = json.loads(out.strip().splitlines()[-1])
         assert result["success"], result["error"]
-        installs += err.count(INSTALLED)
+        installs += (out + err).count(INSTALLED)
     assert installs == 1, "eight runs, one dbt deps"
     [entry] = deps_entries(cache_dir)
     assert (entry / "some_local_pkg").is_symlink()

@@ -7,7 +7,6 @@ on timeout, on_kill through Airflow's own SIGTERM handling, and resuming a kille
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,92 +16,16 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dag_runner import run_dag_file
 from dlh_airflow_common.exceptions.dbt import DbtConnectionException, DbtExecutionTimeoutException
 from dlh_airflow_common.hooks.dbt import DbtHook
+from pg_faults import AUDIT, builds, dbt_processes, fault_conn, sleeping_queries, sql, wait_for
 from pg_server import PostgresServer
-
-AUDIT = "fault_audit"
-SLEEP_MODEL = (
-    "select id from {{ ref('a') }} union all select id from {{ ref('b') }} "
-    f"union all select 0 from (select pg_sleep((select seconds from {AUDIT}.control))) s\n"
-)
-
-
-@pytest.fixture
-def fault_project(tmp_path: Path, pg_server: PostgresServer) -> Iterator[Path]:
-    """Models a, b (fast) and c (sleeps as long as the control table says); every build is audited."""
-    if not pg_server.is_running():
-        pg_server.start_again()
-    db = pg_server.database
-    pg_server.psql(
-        f"drop schema if exists {AUDIT} cascade; create schema {AUDIT} authorization {pg_server.user};"
-        f"create table {AUDIT}.builds (model text, built_at timestamptz default clock_timestamp());"
-        f"create table {AUDIT}.control (seconds float); insert into {AUDIT}.control values (0);"
-        f"alter table {AUDIT}.builds owner to {pg_server.user}; alter table {AUDIT}.control owner to {pg_server.user};",
-        dbname=db,
-    )
-    project = tmp_path / "faults"
-    (project / "models").mkdir(parents=True)
-    (project / "dbt_project.yml").write_text(
-        textwrap.dedent(
-            f"""
-            name: faults
-            version: "1.0"
-            profile: faults
-            models:
-              faults:
-                +materialized: table
-                +post-hook: "insert into {AUDIT}.builds (model) values ('{{{{ this.name }}}}')"
-            """
-        )
-    )
-    (project / "models" / "a.sql").write_text("select 1 as id\n")
-    (project / "models" / "b.sql").write_text("select 2 as id\n")
-    (project / "models" / "c.sql").write_text(SLEEP_MODEL)
-    yield project
-    if not pg_server.is_running():
-        pg_server.start_again()
-
-
-def _conn(server: PostgresServer, **changes: Any) -> str:
-    conn = {"conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
-            "password": server.password, "schema": server.database, "extra": {"schema": "faults"}}  # fmt: skip
-    conn.update(changes)
-    return json.dumps(conn)
-
-
-def _sql(server: PostgresServer, query: str) -> str:
-    return server.psql(query, dbname=server.database).strip()
-
-
-def _builds(server: PostgresServer) -> dict[str, int]:
-    rows = _sql(server, f"select model, count(*) from {AUDIT}.builds group by model order by model")
-    return {model: int(count) for model, count in (line.split("|") for line in rows.splitlines() if line)}
-
-
-def _sleeping_queries(server: PostgresServer) -> int:
-    query = (
-        "select count(*) from pg_stat_activity where state = 'active' and query like '%pg_sleep%' "
-        "and pid <> pg_backend_pid()"
-    )
-    return int(_sql(server, query))
-
-
-def _wait_for(condition: Callable[[], bool], limit: float, what: str) -> float:
-    """Poll until ``condition`` holds; fail (not time out silently) after ``limit`` seconds."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > limit:
-            pytest.fail(f"gave up after {limit:.0f}s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 class _Watch(logging.Handler):
@@ -135,7 +58,7 @@ def _logger(name: str, handler: logging.Handler) -> logging.Logger:
 def test_outage_recovers_when_server_returns_during_backoff(
     fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", _conn(pg_server))
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
     (fault_project / "models" / "c.sql").unlink()
     pg_server.stop()
     restarted: list[float] = []
@@ -149,7 +72,7 @@ def test_outage_recovers_when_server_returns_during_backoff(
     failures = [line for _, line in watch.lines if "failed:" in line and "attempt" in line]
     assert all("Connection refused" in line for line in failures), failures
     assert restarted, "the server was started during the backoff"
-    assert _builds(pg_server) == {"a": 1, "b": 1}
+    assert builds(pg_server) == {"a": 1, "b": 1}
     attempts = [t - started for t, line in watch.lines if line.startswith("Running dbt")]
     print(f"\noutage: attempts started at {[round(a, 2) for a in attempts]}s, server back at "
           f"{restarted[0] - started:.2f}s, success after {time.monotonic() - started:.2f}s")  # fmt: skip
@@ -163,7 +86,7 @@ def test_server_that_never_returns_fails_after_retry_limit_attempts(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
-    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", _conn(pg_server, port=closed_port))
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server, port=closed_port))
     watch = _Watch()
     hook = DbtHook(fault_project, conn_id="fault_pg", retry_limit=3, retry_delay=0.5, logger=_logger("down", watch))
     started = time.monotonic()
@@ -183,13 +106,13 @@ def test_retry_after_partial_progress_runs_only_unfinished_nodes(
     fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection dropped under model c: the next attempt is ``dbt retry`` and a, b are not rebuilt."""
-    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", _conn(pg_server))
-    _sql(pg_server, f"update {AUDIT}.control set seconds = 600")
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
+    sql(pg_server, f"update {AUDIT}.control set seconds = 600")
 
     def drop_connection() -> None:
-        _wait_for(lambda: _sleeping_queries(pg_server) > 0, 120, "model c to start sleeping")
-        _sql(pg_server, f"update {AUDIT}.control set seconds = 0")
-        _sql(pg_server, "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep%' "
+        wait_for(lambda: sleeping_queries(pg_server) > 0, 120, "model c to start sleeping")
+        sql(pg_server, f"update {AUDIT}.control set seconds = 0")
+        sql(pg_server, "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep%' "
                         "and pid <> pg_backend_pid()")  # fmt: skip
 
     killer = threading.Thread(target=drop_connection, daemon=True)
@@ -202,15 +125,15 @@ def test_retry_after_partial_progress_runs_only_unfinished_nodes(
     assert result.attempts == 2
     assert [r["unique_id"] for r in result.run_results["results"]] == ["model.faults.c"], "dbt retry ran only c"
     assert result.summary.status_counts == {"success": 3}, "the summary covers every node of the task"
-    assert _builds(pg_server) == {"a": 1, "b": 1, "c": 1}
+    assert builds(pg_server) == {"a": 1, "b": 1, "c": 1}
     assert any(line.startswith("Running dbt retry") for _, line in watch.lines)
 
 
 def test_timeout_stops_dbt_and_cancels_its_query(
     fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", _conn(pg_server))
-    _sql(pg_server, f"update {AUDIT}.control set seconds = 600")
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
+    sql(pg_server, f"update {AUDIT}.control set seconds = 600")
     watch = _Watch()
     hook = DbtHook(fault_project, conn_id="fault_pg", execution_timeout=12, logger=_logger("timeout", watch))
     started = time.monotonic()
@@ -219,7 +142,7 @@ def test_timeout_stops_dbt_and_cancels_its_query(
     assert isinstance(result.error, DbtExecutionTimeoutException)
     assert "2 of 3 nodes had succeeded" in str(result.error)
     assert result.attempts == 1, "a timeout is never retried"
-    assert _sleeping_queries(pg_server) == 0, "dbt cancelled its query before exiting"
+    assert sleeping_queries(pg_server) == 0, "dbt cancelled its query before exiting"
     assert not Path(result.run_dir).exists()
     print(f"\ntimeout: 12s limit, dbt stopped and the task returned after {stopped_after:.2f}s")
 
@@ -248,47 +171,31 @@ CHILD = textwrap.dedent(
 )
 
 
-def _dbt_processes(marker: str) -> list[str]:
-    """Command lines of live processes (zombies included) that run dbt on the given project."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if (marker in args and "dbt" in args) or (state == "Z" and "dbt" in (entry / "comm").read_text()):
-            found.append(f"{entry.name} {state} {args}")
-    return found
-
-
 def test_on_kill_through_airflow_sigterm_cancels_the_query(
     fault_project: Path, pg_server: PostgresServer, airflow_db: Path, tmp_path: Path
 ) -> None:
     """SIGTERM to the task process (what Airflow's supervisor sends) runs on_kill: dbt stops, query cancelled."""
-    _sql(pg_server, f"update {AUDIT}.control set seconds = 600")
+    sql(pg_server, f"update {AUDIT}.control set seconds = 600")
     dag_file = tmp_path / "dbt_on_kill.py"
     dag_file.write_text(ON_KILL_DAG.format(dag_id="dbt_on_kill", project=str(fault_project), extra=""))
     script = CHILD.format(tests=str(Path(__file__).parents[1]), dag_file=str(dag_file),
                           dags=str(airflow_db / "dags"), dag_id="dbt_on_kill")  # fmt: skip
-    env = {**os.environ, "AIRFLOW_CONN_FAULT_PG": _conn(pg_server)}
+    env = {**os.environ, "AIRFLOW_CONN_FAULT_PG": fault_conn(pg_server)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        _wait_for(lambda: _sleeping_queries(pg_server) > 0, 180, "model c to start sleeping")
-        assert _dbt_processes(str(fault_project)), "dbt runs as its own process"
+        wait_for(lambda: sleeping_queries(pg_server) > 0, 180, "model c to start sleeping")
+        assert dbt_processes(str(fault_project)), "dbt runs as its own process"
         killed_at = time.monotonic()
         child.send_signal(signal.SIGTERM)
-        gone = _wait_for(lambda: _sleeping_queries(pg_server) == 0, 30, "the pg_sleep query to be cancelled")
+        gone = wait_for(lambda: sleeping_queries(pg_server) == 0, 30, "the pg_sleep query to be cancelled")
         output, _ = child.communicate(timeout=120)
     finally:
         if child.poll() is None:
             child.kill()
     assert "was stopped because the task was killed; 2 of 3 nodes had succeeded" in output, output[-4000:]
     assert "DAG-RESULT failed" in output, output[-4000:]
-    assert _dbt_processes(str(fault_project)) == [], "no dbt process (or zombie) is left"
+    assert dbt_processes(str(fault_project)) == [], "no dbt process (or zombie) is left"
     assert not list((fault_project / "target").glob("run_*")), "the run dir was cleaned"
     print(f"\non_kill: query gone {gone:.2f}s after SIGTERM; task process exited after "
           f"{time.monotonic() - killed_at:.2f}s")  # fmt: skip
@@ -298,12 +205,12 @@ def test_killed_try_is_resumed_without_rebuilding_finished_models(
     fault_project: Path, pg_server: PostgresServer, airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Try 1 stops half-way (timeout); Airflow's try 2 with retry_from_failure builds only what was left."""
-    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", _conn(pg_server))
-    _sql(pg_server, f"update {AUDIT}.control set seconds = 600")
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
+    sql(pg_server, f"update {AUDIT}.control set seconds = 600")
 
     def shorten_sleep_for_next_try() -> None:
-        _wait_for(lambda: _sleeping_queries(pg_server) > 0, 180, "model c to start sleeping")
-        _sql(pg_server, f"update {AUDIT}.control set seconds = 0")  # the running query keeps its 600 s
+        wait_for(lambda: sleeping_queries(pg_server) > 0, 180, "model c to start sleeping")
+        sql(pg_server, f"update {AUDIT}.control set seconds = 0")  # the running query keeps its 600 s
 
     helper = threading.Thread(target=shorten_sleep_for_next_try, daemon=True)
     helper.start()
@@ -313,7 +220,7 @@ def test_killed_try_is_resumed_without_rebuilding_finished_models(
     run = run_dag_file(dag_file, airflow_db / "dags", "dbt_resume")
     helper.join(timeout=5)
     assert run.state == "success", run.task_states
-    assert _builds(pg_server) == {"a": 1, "b": 1, "c": 1}, "a and b were not rebuilt by the second try"
+    assert builds(pg_server) == {"a": 1, "b": 1, "c": 1}, "a and b were not rebuilt by the second try"
     summary = run.xcom("dbt_run")
     assert summary["status_counts"] == {"success": 1} and summary["node_count"] == 1
     state_root = fault_project / "target" / ".dlh_state"

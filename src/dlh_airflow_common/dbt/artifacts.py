@@ -1,13 +1,20 @@
-"""Loading dbt's JSON artifacts and reducing run results to a ``RunSummary``."""
+"""Loading dbt's JSON artifacts and reducing them to summaries (``RunSummary``, ``ManifestSummary``).
+
+``load_artifact`` returns the whole document; ``stream_artifact`` walks a big one item by item in flat
+memory, for summaries of manifests too large to hold decoded (a 100 MB manifest is 450 MB of objects).
+"""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.decoder import scanstring as _scanstring  # type: ignore[attr-defined]  # C version when built
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
 
@@ -16,8 +23,31 @@ RUN_RESULTS = "run_results.json"
 CATALOG = "catalog.json"
 SOURCES = "sources.json"
 
+_CHUNK_CHARS = 1 << 20
+_WHITESPACE = " \t\r\n"
+_NUMBER_CHARS = "0123456789+-.eE"
+_MANIFEST_RESOURCE_SECTIONS = frozenset(
+    {"nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests", "functions"}
+)
+
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 WARNED_STATUSES = frozenset({"warn"})
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Decoding allocates millions of containers and no cycles; collections in between only cost time.
+
+    With the collector on, loading a 100 MB manifest takes about three times as long (measured: 2.4 s
+    vs 0.8 s), because the growing heap is rescanned again and again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def load_artifact(path: str | Path) -> dict[str, Any]:
@@ -30,7 +60,10 @@ def load_artifact(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise DbtArtifactException(f"Cannot read dbt artifact {artifact}: {err}", artifact_path=str(artifact)) from err
     try:
-        data = json.loads(raw)
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads(bytes) does
+        del raw  # the bytes and the text need not both stay alive while the objects are built
+        with _gc_paused():
+            data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DbtArtifactException(
             f"dbt artifact {artifact} is corrupt (not valid JSON: {err})", artifact_path=str(artifact)
@@ -41,6 +74,148 @@ def load_artifact(path: str | Path) -> dict[str, Any]:
             artifact_path=str(artifact),
         )
     return data
+
+
+class _JsonStream:
+    """Reads a JSON document's top-level object one member, or one item of a member, at a time.
+
+    Memory stays at about one chunk plus the largest single item, whatever the file size: a 100 MB
+    manifest is summarised without ever holding its 400+ MB of decoded objects. Keys and values are
+    decoded by json's C scanner; only the punctuation between items is stepped over here.
+    """
+
+    def __init__(self, handle: TextIO, path: Path) -> None:
+        self.handle = handle
+        self.path = path
+        self.buffer = ""
+        self.pos = 0
+        self.eof = False
+        self.scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+    def corrupt(self, reason: str) -> DbtArtifactException:
+        return DbtArtifactException(f"dbt artifact {self.path} is corrupt ({reason})", artifact_path=str(self.path))
+
+    def fill(self) -> bool:
+        chunk = "" if self.eof else self.handle.read(_CHUNK_CHARS)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer = self.buffer[self.pos :] + chunk
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """Skip whitespace and return the next character without consuming it ("" at the end)."""
+        while True:
+            buffer, pos = self.buffer, self.pos
+            while pos < len(buffer) and buffer[pos] in _WHITESPACE:
+                pos += 1
+            self.pos = pos
+            if pos < len(buffer):
+                return buffer[pos]
+            if not self.fill():
+                return ""
+
+    def take(self, expected: str) -> str:
+        found = self.peek()
+        if not found or found not in expected:
+            wanted = " or ".join(repr(c) for c in expected)
+            raise self.corrupt(f"expected {wanted} at offset {self.pos}, found {found!r}")
+        self.pos += 1
+        return found
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                value, end = self.scan(self.buffer, self.pos)
+            except (StopIteration, json.JSONDecodeError) as err:
+                if self.fill():
+                    continue  # the value goes on in the next chunk
+                raise self.corrupt(f"not valid JSON at offset {self.pos}: {err!r}") from None
+            if _may_continue(value, self.buffer, end) and self.fill():
+                continue  # a number cut by the chunk boundary ("12" of "12.5e3")
+            self.pos = end
+            return value
+
+    def key(self) -> str:
+        if self.peek() != '"':
+            raise self.corrupt(f"expected an object key at offset {self.pos}")
+        while True:
+            try:
+                key, end = _scanstring(self.buffer, self.pos + 1)
+                break
+            except json.JSONDecodeError as err:
+                if not self.fill():
+                    raise self.corrupt(f"not valid JSON at offset {self.pos}: {err}") from None
+        self.pos = end
+        self.take(":")
+        return str(key)
+
+    def items(self) -> Iterator[tuple[str | int, Any]]:
+        """The members of an object or the items of an array, whichever comes next."""
+        closing = "}" if self.take("{[") == "{" else "]"
+        if self.peek() == closing:
+            self.pos += 1
+            return
+        index = 0
+        separators = "," + closing
+        while True:
+            if closing == "}":
+                yield self.key(), self.value()
+            else:
+                yield index, self.value()
+            index += 1
+            if self.take(separators) == closing:
+                return
+
+
+def _may_continue(value: Any, buffer: str, end: int) -> bool:
+    if end == len(buffer):
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and buffer[end] in _NUMBER_CHARS
+
+
+def stream_artifact(path: str | Path, *, whole: Collection[str] = ("metadata",)) -> Iterator[tuple[str, Any, Any]]:
+    """Yield ``(member, key, value)`` for each item of each top-level object or array member of a dbt artifact.
+
+    Members named in ``whole`` and scalar members come as one ``(member, None, value)``. A missing file
+    yields nothing; a corrupt one raises ``DbtArtifactException`` (after yielding what came before).
+    """
+    artifact = Path(path)
+    try:
+        handle = artifact.open(encoding="utf-8", newline="")
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise DbtArtifactException(f"Cannot read dbt artifact {artifact}: {err}", artifact_path=str(artifact)) from err
+    with handle:
+        stream = _JsonStream(handle, artifact)
+        try:
+            if stream.peek() != "{":
+                raise stream.corrupt("expected a JSON object")
+            for member in _members(stream):
+                if member in whole or stream.peek() not in "{[":
+                    yield member, None, stream.value()
+                else:
+                    for key, value in stream.items():
+                        yield member, key, value
+            if stream.peek():
+                raise stream.corrupt(f"unexpected data after the object at offset {stream.pos}")
+        except UnicodeDecodeError as err:
+            raise stream.corrupt(f"not UTF-8: {err}") from None
+
+
+def _members(stream: _JsonStream) -> Iterator[str]:
+    """Top-level member names; the caller consumes each value before asking for the next name."""
+    stream.take("{")
+    if stream.peek() == "}":
+        stream.pos += 1
+        return
+    while True:
+        yield stream.key()
+        if stream.take(",}") == "}":
+            return
 
 
 @dataclass(frozen=True)
@@ -81,8 +256,26 @@ class RunSummary:
         artifact = run_results if run_results.get("results") is not None else (sources or {})
         results = artifact.get("results") or []
         nodes = tuple(NodeOutcome.from_result(r) for r in results if isinstance(r, Mapping))
-        elapsed = artifact.get("elapsed_time")
-        metadata = artifact.get("metadata") or {}
+        return cls._build(nodes, artifact.get("elapsed_time"), artifact.get("metadata"))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunSummary:
+        """Build from run_results.json or sources.json on disk without loading it whole (see ``stream_artifact``)."""
+        nodes: list[NodeOutcome] = []
+        elapsed: Any = None
+        metadata: Any = None
+        for member, _, value in stream_artifact(path):
+            if member == "results" and isinstance(value, Mapping):
+                nodes.append(NodeOutcome.from_result(value))
+            elif member == "elapsed_time":
+                elapsed = value
+            elif member == "metadata":
+                metadata = value
+        return cls._build(tuple(nodes), elapsed, metadata)
+
+    @classmethod
+    def _build(cls, nodes: tuple[NodeOutcome, ...], elapsed: Any, metadata: Any) -> RunSummary:
+        metadata = metadata if isinstance(metadata, Mapping) else {}
         return cls(
             nodes=nodes,
             elapsed=float(elapsed) if isinstance(elapsed, int | float) else None,
@@ -129,3 +322,55 @@ class RunSummary:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """What a manifest.json holds, in counts: resources by type and package, model materializations."""
+
+    project_name: str | None = None
+    dbt_version: str | None = None
+    resource_counts: dict[str, int] = field(default_factory=dict)
+    package_counts: dict[str, int] = field(default_factory=dict)
+    materializations: dict[str, int] = field(default_factory=dict)
+    macro_count: int = 0
+    disabled_count: int = 0
+
+    @property
+    def node_count(self) -> int:
+        return sum(self.resource_counts.values())
+
+
+def summarize_manifest(path: str | Path) -> ManifestSummary:
+    """Summarise manifest.json one resource at a time: memory stays flat whatever the manifest's size.
+
+    A missing file gives an empty summary; a corrupt one raises ``DbtArtifactException``.
+    """
+    resources: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    materializations: Counter[str] = Counter()
+    macros = disabled = 0
+    metadata: Mapping[str, Any] = {}
+    for member, _, value in stream_artifact(path):
+        if member in _MANIFEST_RESOURCE_SECTIONS and isinstance(value, Mapping):
+            resource_type = str(value.get("resource_type") or member.rstrip("s"))
+            resources[resource_type] += 1
+            packages[str(value.get("package_name"))] += 1
+            if resource_type == "model":
+                config = value.get("config")
+                materializations[str(config.get("materialized") if isinstance(config, Mapping) else None)] += 1
+        elif member == "macros":
+            macros += 1
+        elif member == "disabled":
+            disabled += len(value) if isinstance(value, list) else 1
+        elif member == "metadata" and isinstance(value, Mapping):
+            metadata = value
+    return ManifestSummary(
+        project_name=metadata.get("project_name"),
+        dbt_version=metadata.get("dbt_version"),
+        resource_counts=dict(sorted(resources.items())),
+        package_counts=dict(sorted(packages.items())),
+        materializations=dict(sorted(materializations.items())),
+        macro_count=macros,
+        disabled_count=disabled,
+    )

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dlh_airflow_common.exceptions.dbt import DbtException, is_error_event
+from dlh_airflow_common.dbt.events import is_error_event
+from dlh_airflow_common.exceptions.dbt import DbtException
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,19 @@ class InvocationResult:
     @property
     def success(self) -> bool:
         return self.return_code == 0
+
+
+# What the subprocess modes add to dbt's arguments: JSON events on stdout, a full debug log in the run dir.
+SUBPROCESS_LOG_ARGS: tuple[str, ...] = (
+    "--log-format", "json", "--log-level-file", "debug", "--log-format-file", "debug",
+)  # fmt: skip
+
+
+def dbt_command_prefix(venv_path: str | os.PathLike[str] | None) -> list[str]:
+    """How to start dbt: the venv's ``dbt``, or the dbt installed beside this interpreter."""
+    if venv_path is not None:
+        return [str(dbt_executable(venv_path))]
+    return [sys.executable, "-m", "dbt.cli.main"]
 
 
 def dbt_executable(venv_path: str | os.PathLike[str]) -> Path:
@@ -162,9 +176,7 @@ class DbtInvocation:
         self.env = {**BASE_ENV, **(env or {})}
         self.mode: InvocationMode = mode
         # With no venv_path the subprocess runs the dbt installed beside this interpreter.
-        self.command_prefix = (
-            [str(dbt_executable(venv_path))] if venv_path is not None else [sys.executable, "-m", "dbt.cli.main"]
-        )
+        self.command_prefix = dbt_command_prefix(venv_path)
         self.on_event = on_event
         self.on_output = on_output
         self.grace_period = grace_period
@@ -224,10 +236,7 @@ class DbtInvocation:
 
     # -- subprocess ---------------------------------------------------------------------------------
     def _run_subprocess(self, timeout: float | None) -> InvocationResult:
-        args = [
-            *self.command_prefix, *self.argv,
-            "--log-format", "json", "--log-level-file", "debug", "--log-format-file", "debug",
-        ]  # fmt: skip
+        args = [*self.command_prefix, *self.argv, *SUBPROCESS_LOG_ARGS]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         deadline = time.monotonic() + timeout if timeout else None
         process = subprocess.Popen(

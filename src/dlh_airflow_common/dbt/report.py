@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.dbt.artifacts import RunSummary
 from dlh_airflow_common.dbt.redact import Redactor
 
+_SILENT = logging.getLogger("dlh_airflow_common.silent")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Events whose text we re-render (node results) or that carry no information for a reader.
 _QUIET = frozenset({"LogStartLine", "Formatting", "NodeStart", "NodeFinished", "LogNodeResult"})
@@ -67,7 +72,7 @@ def node_progress(event: Mapping[str, Any]) -> tuple[int, int, str, str, float |
 class ProgressReporter:
     """Turns dbt's events (JSON log lines or in-process callbacks, same shape) into task-log lines."""
 
-    def __init__(self, log: logging.Logger, *, ascii_only: bool = True, redactor: Redactor | None = None) -> None:
+    def __init__(self, log: Any, *, ascii_only: bool = True, redactor: Redactor | None = None) -> None:
         self.log = log
         self.ascii_only = ascii_only
         self.redact = redactor or Redactor(())
@@ -100,6 +105,22 @@ class ProgressReporter:
         message = self.redact(plain(text, ascii_only=self.ascii_only)).rstrip()
         if message:
             self.log.info("%s", message)
+
+
+def replay_progress(events_file: Path, log: Any, *, ascii_only: bool = True) -> ProgressReporter:
+    """Count a finished run's node results from its saved JSON events (detached runs), logging nothing."""
+    reporter = ProgressReporter(_SILENT, ascii_only=ascii_only)
+    try:
+        with events_file.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("{") and "Result" in line:
+                    try:
+                        reporter(json.loads(line))
+                    except ValueError:
+                        continue
+    except OSError as err:
+        log.debug("No dbt events to replay in %s: %s", events_file, err)
+    return reporter
 
 
 def format_summary(

@@ -15,6 +15,8 @@ try:  # Airflow >= 3.1 exposes the base class through the task SDK.
 except ImportError:  # pragma: no cover - Airflow 3.0
     from airflow.exceptions import AirflowException  # type: ignore[attr-defined,no-redef]
 
+from dlh_airflow_common.dbt.events import is_error_event
+
 __all__ = [
     "DbtArtifactException",
     "DbtCompilationException",
@@ -159,7 +161,6 @@ _TYPE_NAMES: tuple[tuple[str, type[DbtException]], ...] = (
 )
 
 _CODE_ERRORS = frozenset({"CompilationError", "ParsingError"})
-_NODE_FAILURE_STATUSES = frozenset({"error", "fail", "runtime error"})
 _MESSAGE_EVENTS = frozenset({"MainEncounteredError", "RunResultError", "RunResultErrorNoMessage"})
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -225,14 +226,6 @@ def _from_event(event: Mapping[str, Any], **metadata: Any) -> DbtException:
 
 def _is_event(value: object) -> bool:
     return isinstance(value, Mapping) and ("info" in value or "data" in value)
-
-
-def is_error_event(event: Mapping[str, Any]) -> bool:
-    info = event.get("info") or {}
-    if info.get("level") == "error" or info.get("name") in ("MainEncounteredError", "RunResultError"):
-        return True
-    status = str((event.get("data") or {}).get("status", "")).lower()
-    return status in _NODE_FAILURE_STATUSES
 
 
 def classify_dbt_error(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +21,39 @@ from dlh_airflow_common.dbt.artifacts import (
     MANIFEST,
     RUN_RESULTS,
     SOURCES,
-    RunSummary,
     load_artifact,
 )
 from dlh_airflow_common.dbt.command import DbtCommand
+from dlh_airflow_common.dbt.detached import EVENTS_FILE, SPEC_FILE, STATUS_FILE, DetachedProcess, launch, read_json
 from dlh_airflow_common.dbt.invocation import (
+    BASE_ENV,
     DEFAULT_GRACE_PERIOD,
     INVOCATION_MODES,
+    SUBPROCESS_LOG_ARGS,
     DbtInvocation,
     InvocationMode,
     InvocationResult,
+    dbt_command_prefix,
     dbt_executable,
 )
-from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
+from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir, write_profiles_file
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
-from dlh_airflow_common.dbt.report import ProgressReporter, format_summary
+from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, replay_progress
+from dlh_airflow_common.dbt.result import DbtTaskResult, build_result
 from dlh_airflow_common.dbt.retry import RetryPolicy, merge_summaries
 from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
 from dlh_airflow_common.exceptions.dbt import (
     DbtException,
     DbtExecutionTimeoutException,
     DbtProfileException,
-    classify_dbt_error,
 )
 from dlh_airflow_common.hooks.dbt_profiles import render_target
 
+__all__ = ["DbtHook", "DbtTaskResult"]
+
 GENERATED_PROFILE_NAME = "dlh_airflow"
 GENERATED_TARGET_NAME = "airflow"
-
-
-@dataclass
-class DbtTaskResult:
-    """Outcome of one dbt command: what ran, how it ended, its results and the classified error if any."""
-
-    success: bool
-    command: str
-    return_code: int
-    run_results: dict[str, Any]
-    summary: RunSummary
-    target_path: str
-    run_dir: str
-    elapsed_seconds: float
-    error: DbtException | None = None
-    artifacts_kept: bool = False
-    attempts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_xcom(self, *, max_nodes: int = 20, max_message: int = 300) -> dict[str, Any]:
-        """A bounded, JSON-safe summary for XCom (never a whole artifact)."""
-        payload: dict[str, Any] = {
-            "command": self.command,
-            "success": self.success,
-            "return_code": self.return_code,
-            "run_dir": Path(self.run_dir).name,
-            "wall_seconds": round(self.elapsed_seconds, 3),
-            "attempts": self.attempts,
-            **self.summary.to_dict(max_nodes=max_nodes, max_message=max_message),
-        }
-        if self.artifacts_kept:
-            payload["target_path"] = self.target_path
-        if self.error is not None:
-            message = str(self.error)
-            payload["error"] = {
-                "type": type(self.error).__name__,
-                "message": message if len(message) <= max_message else message[: max_message - 3] + "...",
-                "node_id": self.error.node_id,
-                "retryable": self.error.retryable,
-            }
-        return payload
 
 
 @dataclass(frozen=True)
@@ -177,7 +142,8 @@ class DbtHook(BaseHook):
 
     # -- profile -----------------------------------------------------------------------------------
     @contextmanager
-    def _profile(self, project: DbtProject) -> Iterator[_Profile]:
+    def _profile(self, project: DbtProject, into: Path | None = None) -> Iterator[_Profile]:
+        """The profile for one run; a generated one lives in a temp dir, or in ``into`` (a detached run's dir)."""
         if self.conn_id and self.profiles_dir:
             raise DbtProfileException(
                 f"Pass either conn_id ({self.conn_id!r}) or profiles_dir ({self.profiles_dir}), not both.",
@@ -197,13 +163,13 @@ class DbtHook(BaseHook):
         rendered = render_target(self._connection(self.conn_id), schema_override=self.schema_override)
         profile_name = project.profile or GENERATED_PROFILE_NAME
         target_name = self.target or GENERATED_TARGET_NAME
+        env = {**env, **rendered.secret_env}
+        if into is not None:
+            directory = write_profiles_file(into, profile_name, target_name, rendered.target)
+            yield _Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
+            return
         with temporary_profiles_dir(profile_name, target_name, rendered.target) as directory:
-            yield _Profile(
-                profiles_dir=str(directory),
-                profile_name=profile_name,
-                target=target_name,
-                env={**env, **rendered.secret_env},
-            )
+            yield _Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
 
     def _connection(self, conn_id: str) -> Any:
         try:
@@ -243,47 +209,147 @@ class DbtHook(BaseHook):
         with ``dbt retry`` and this run's state is kept there until the command succeeds. ``post_run`` is
         called with the result while the run dir still exists (uploads, lineage).
         """
-        project = load_project(self.dbt_project_dir)
-        if self.venv_path is not None:
-            dbt_executable(self.venv_path)
-        dbt_command = DbtCommand(
-            command=command,
-            select=select,
-            exclude=exclude,
-            selector=selector,
-            vars=vars,
-            full_refresh=full_refresh,
-            threads=threads,
-            fail_fast=fail_fast,
-            extra_args=tuple(extra_args),
-            macro_args=macro_args,
-        )
+        project, dbt_command = self._prepare(
+            command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
+            threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args), macro_args=macro_args,
+        )  # fmt: skip
         policy = RetryPolicy(self.retry_limit, self.retry_delay)
         self._cancelled.clear()
         with self._profile(project) as profile:
-            run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
-            if run_dir.fallback:
-                self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
-            self.last_target_path = str(run_dir.target_path)
+            run_dir = self._new_run_dir(project, run_name)
             try:
                 state_dir = Path(resume_state) if resume_state is not None else None
                 first = self._resume_command(dbt_command, state_dir, run_dir)
                 result = self._run_attempts(first, dbt_command, project, profile, run_dir, policy)
-                if state_dir is not None:
-                    if result.success:
-                        retry_state.clear(state_dir)
-                    else:
-                        stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
-                        retry_state.save(state_dir, run_dir.target_path, complete=not stopped)
-                if post_run is not None:
-                    post_run(result)
+                stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
+                self._conclude(result, run_dir, state_dir, post_run, stopped=stopped)
                 return result
             finally:
-                self.invocation = None
-                if self.keep_target_artifacts:
-                    self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
-                elif run_dir.cleanup():
-                    self.last_target_path = None
+                self._release(run_dir)
+
+    def start_detached(
+        self,
+        command: str,
+        select: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        selector: str | None = None,
+        vars: Mapping[str, Any] | str | None = None,
+        full_refresh: bool = False,
+        threads: int | None = None,
+        fail_fast: bool = False,
+        extra_args: Sequence[str] = (),
+        *,
+        run_name: str | None = None,
+        resume_state: str | os.PathLike[str] | None = None,
+    ) -> DetachedProcess:
+        """Start dbt so that it outlives this process (deferrable tasks); ``finish_detached`` collects it.
+
+        The generated profile lives in the run dir (only ``env_var`` references; secrets stay in dbt's
+        environment) and goes with it. No in-try retries here: Airflow's retries and
+        ``retry_from_failure`` cover a failed detached run.
+        """
+        project, dbt_command = self._prepare(
+            command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
+            threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args),
+        )  # fmt: skip
+        run_dir = self._new_run_dir(project, run_name)
+        try:
+            with self._profile(project, into=run_dir.path / "profile") as profile:
+                state_dir = Path(resume_state) if resume_state is not None else None
+                first = self._resume_command(dbt_command, state_dir, run_dir)
+                argv = [*dbt_command_prefix(self.venv_path), *self._argv(first, project, profile, run_dir)]
+                self._before_invocation(project, run_dir, first)
+                env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1"}
+                process = launch(run_dir.path, [*argv, *SUBPROCESS_LOG_ARGS], env, meta={"command": first.command})
+        except BaseException:
+            run_dir.cleanup()
+            raise
+        self.run_log.info("Started dbt %s detached (pid %s on %s) in %s", first.command, process.pid,
+                          process.host, run_dir.path)  # fmt: skip
+        return process
+
+    def finish_detached(
+        self,
+        event: Mapping[str, Any],
+        *,
+        resume_state: str | os.PathLike[str] | None = None,
+        post_run: Callable[[DbtTaskResult], None] | None = None,
+    ) -> DbtTaskResult:
+        """Collect a detached run from its run dir: same summary, error types and clean-up as a sync run."""
+        run_dir = RunDir(Path(str(event["run_dir"])))
+        self.last_target_path = str(run_dir.target_path)
+        try:
+            spec = read_json(run_dir.path / SPEC_FILE) or {}
+            command = str(spec.get("command") or "dbt")
+            status = read_json(run_dir.path / STATUS_FILE) or {}
+            kind = str(event.get("status"))
+            progress = replay_progress(run_dir.log_path / EVENTS_FILE, self.run_log, ascii_only=self.ascii_only)
+            outcome = InvocationResult(
+                return_code=int(status.get("exit_code", 2)),
+                error_events=list(status.get("error_events") or []),
+                stopped="timeout" if kind == "timeout" else ("killed" if kind == "killed" else None),
+            )
+            started = float(event.get("started_at") or 0) or None
+            wall = max(0.0, float(status.get("ended_at") or time.time()) - started) if started else 0.0
+            result = self._result(command, outcome, run_dir, self._redactor(), progress, wall)
+            if kind == "lost":
+                result.success = False
+                result.error = DbtException(str(event.get("message") or "The detached dbt run was lost."))
+            self._log_summary(result, command, run_dir)
+            state_dir = Path(resume_state) if resume_state is not None else None
+            self._conclude(result, run_dir, state_dir, post_run, stopped=kind in ("timeout", "killed", "lost"))
+            return result
+        finally:
+            self._release(run_dir)
+
+    def _prepare(self, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
+        """Check everything that can be checked before anything is written."""
+        project = load_project(self.dbt_project_dir)
+        if self.venv_path is not None:
+            dbt_executable(self.venv_path)
+        return project, DbtCommand(command=command, **options)
+
+    def _new_run_dir(self, project: DbtProject, run_name: str | None) -> RunDir:
+        run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
+        if run_dir.fallback:
+            self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
+        self.last_target_path = str(run_dir.target_path)
+        return run_dir
+
+    def _conclude(
+        self,
+        result: DbtTaskResult,
+        run_dir: RunDir,
+        state_dir: Path | None,
+        post_run: Callable[[DbtTaskResult], None] | None,
+        *,
+        stopped: bool,
+    ) -> None:
+        """Keep or drop the retry_from_failure state, then let the caller use the run dir (uploads, lineage)."""
+        if state_dir is not None:
+            if result.success:
+                retry_state.clear(state_dir)
+            else:
+                retry_state.save(state_dir, run_dir.target_path, complete=not stopped)
+        if post_run is not None:
+            post_run(result)
+
+    def _release(self, run_dir: RunDir) -> None:
+        self.invocation = None
+        if self.keep_target_artifacts:
+            self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
+        elif run_dir.cleanup():
+            self.last_target_path = None
+
+    def _redactor(self) -> Redactor:
+        """Secrets of the connection, for masking what a detached run reported (rendered again, never stored)."""
+        if not self.conn_id:
+            return Redactor.from_env(self.env_vars)
+        try:
+            rendered = render_target(self._connection(self.conn_id), schema_override=self.schema_override)
+        except DbtException:
+            return Redactor.from_env(self.env_vars)
+        return Redactor.from_env({**self.env_vars, **rendered.secret_env})
 
     def cancel(self) -> None:
         """Stop the running dbt (graceful, see ``grace_period``) and any pending retry; safe to call anytime."""
@@ -341,16 +407,17 @@ class DbtHook(BaseHook):
         result = policy.run(attempt, should_retry=should_retry, on_retry=log_retry, cancelled=self._cancelled)
         if result.error is not None and result.attempts > 1:
             result.error.message += f" (after {result.attempts} attempts)"
+        self._log_summary(result, dbt_command.command, run_dir)
+        return result
+
+    def _log_summary(self, result: DbtTaskResult, command: str, run_dir: RunDir) -> None:
         for line in format_summary(
-            result.summary, command=dbt_command.command, run_name=run_dir.name, success=result.success,
+            result.summary, command=command, run_name=run_dir.name, success=result.success,
             wall_seconds=result.elapsed_seconds, ascii_only=self.ascii_only,
         ):  # fmt: skip
             self.run_log.info("%s", line)
-        return result
 
-    def _execute(
-        self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir, *, timeout: float | None
-    ) -> DbtTaskResult:
+    def _argv(self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir) -> list[str]:
         if profile.target:
             command = dataclasses.replace(command, target=profile.target)
         argv = command.argv(
@@ -361,10 +428,15 @@ class DbtHook(BaseHook):
         )
         if profile.profile_name:
             argv += ["--profile", profile.profile_name]
+        return argv
+
+    def _execute(
+        self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir, *, timeout: float | None
+    ) -> DbtTaskResult:
         redactor = Redactor.from_env(profile.env)
         reporter = ProgressReporter(self.run_log, ascii_only=self.ascii_only, redactor=redactor)
         invocation = DbtInvocation(
-            argv,
+            self._argv(command, project, profile, run_dir),
             env=profile.env,
             venv_path=self.venv_path,
             mode=self.invocation_mode,
@@ -380,45 +452,28 @@ class DbtHook(BaseHook):
         self._before_invocation(project, run_dir, command)
         outcome = invocation.run(timeout=timeout) if not self._cancelled.is_set() else _cancelled_outcome()
         self._after_invocation(project, run_dir, command, outcome.success)
-        wall = time.monotonic() - started
-        log_file = str(run_dir.log_path / "dbt.log")
-        run_results = load_artifact(run_dir.target_path / RUN_RESULTS)
-        summary = redactor.summary(RunSummary.from_artifacts(run_results, load_artifact(run_dir.target_path / SOURCES)))
-        error: DbtException | None = None
-        if outcome.stopped is not None:
-            error = self._stopped_error(command.command, outcome.stopped, reporter, log_file)
-        elif not outcome.success:
-            failures: list[Any] = [outcome.exception] if outcome.exception is not None else []
-            failures += outcome.error_events
-            error = classify_dbt_error(failures, conn_id=self.conn_id, log_path=log_file)
-            error.message = redactor(self._failure_message(command.command, outcome.return_code, error, summary))
-        return DbtTaskResult(
-            success=outcome.success and error is None,
-            command=command.command,
-            return_code=outcome.return_code,
-            run_results=run_results,
-            summary=summary,
-            target_path=str(run_dir.target_path),
-            run_dir=str(run_dir.path),
-            elapsed_seconds=wall,
-            error=error,
-            artifacts_kept=self.keep_target_artifacts,
-        )
+        return self._result(command.command, outcome, run_dir, redactor, reporter, time.monotonic() - started)
 
-    def _stopped_error(self, command: str, reason: str, reporter: ProgressReporter, log_file: str) -> DbtException:
-        progress = f"{reporter.nodes_succeeded} of {reporter.nodes_total or '?'} nodes had succeeded"
-        self.run_log.warning("dbt %s was stopped (%s); %s", command, reason, progress)
-        if reason == "timeout":
-            return DbtExecutionTimeoutException(
-                f"dbt {command} exceeded the execution timeout of {self.execution_timeout:g}s and was stopped; "
-                f"{progress}.",
-                conn_id=self.conn_id,
-                log_path=log_file,
-            )
-        return DbtException(
-            f"dbt {command} was stopped because the task was killed; {progress}.",
+    def _result(
+        self,
+        command: str,
+        outcome: InvocationResult,
+        run_dir: RunDir,
+        redactor: Redactor,
+        progress: ProgressReporter,
+        wall: float,
+    ) -> DbtTaskResult:
+        return build_result(
+            command=command,
+            outcome=outcome,
+            run_dir=run_dir,
+            redactor=redactor,
+            progress=progress,
+            wall_seconds=wall,
             conn_id=self.conn_id,
-            log_path=log_file,
+            execution_timeout=self.execution_timeout,
+            artifacts_kept=self.keep_target_artifacts,
+            log=self.run_log,
         )
 
     def _before_invocation(self, project: DbtProject, run_dir: RunDir, command: DbtCommand) -> None:
@@ -477,15 +532,6 @@ class DbtHook(BaseHook):
         except OSError as err:
             self.run_log.warning("Could not publish the partial parse to the cache: %s", err)
 
-    def _failure_message(self, command: str, return_code: int, error: DbtException, summary: RunSummary) -> str:
-        """One message naming the command, the node, dbt's own words, and how many other nodes failed."""
-        where = f" in {error.node_id}" if error.node_id else ""
-        text = " ".join(error.message.split()) if error.message else f"exit code {return_code}"
-        others = len([n for n in summary.failed if n.unique_id != error.node_id]) if error.node_id else 0
-        more = f" (+{others} more failed node{'s' if others != 1 else ''}, see the summary above)" if others else ""
-        kept = f" Log: {error.log_path}" if self.keep_target_artifacts and error.log_path else ""
-        return f"dbt {command} failed{where}: {text}{more}.{kept}"
-
     # -- artifacts ---------------------------------------------------------------------------------
     def _artifacts_dir(self) -> Path:
         if self.last_target_path:
@@ -505,3 +551,80 @@ class DbtHook(BaseHook):
 
     def get_sources(self) -> dict[str, Any]:
         return load_artifact(self._artifacts_dir() / SOURCES)
+
+    # -- Airflow connection form -------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's Test button: ``dbt debug --connection`` with this connection as the profile.
+
+        Runs in a throwaway project (dbt debug needs a dbt_project.yml) through the same profile rendering
+        and invocation as a task; on failure the message is dbt's own, with every secret masked.
+        """
+        if not self.conn_id:
+            return False, "No conn_id: the connection test renders an Airflow connection into a dbt profile."
+        output = _CollectedLines()
+        secrets: list[str] = []
+        try:
+            secrets = _connection_secrets(self._connection(self.conn_id))
+            with tempfile.TemporaryDirectory(prefix="dlh-dbt-conn-test-") as project_dir:
+                (Path(project_dir) / "dbt_project.yml").write_text(_CONNECTION_TEST_PROJECT, encoding="utf-8")
+                probe = DbtHook(
+                    project_dir,
+                    venv_path=self.venv_path,
+                    conn_id=self.conn_id,
+                    env_vars=self.env_vars,
+                    retry_limit=1,
+                    invocation_mode=self.invocation_mode,
+                    logger=output,
+                    partial_parse_cache=False,
+                    deps_cache=False,
+                )
+                result = probe.run_dbt_task("debug", extra_args=["--connection"])
+        except Exception as err:  # the Test button shows the message; it must never raise or leak
+            return False, _masked(f"{type(err).__name__}: {err}", secrets)
+        if result.success:
+            return True, f"dbt debug --connection succeeded for connection {self.conn_id!r}."
+        detail = output.failure_detail() or (str(result.error) if result.error else f"exit code {result.return_code}")
+        return False, _masked(f"dbt debug --connection failed: {detail}", secrets)
+
+
+_CONNECTION_TEST_PROJECT = "name: dlh_connection_test\nversion: '1.0'\nprofile: dlh_connection_test\n"
+_MAX_TEST_MESSAGE = 2000
+
+
+class _CollectedLines:
+    """A logger stand-in that keeps what the progress reporter says (dbt debug prints its verdict as info)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def _keep(self, msg: Any, *args: Any) -> None:
+        self.lines.append(str(msg) % args if args else str(msg))
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._keep(msg, *args)
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._keep(msg, *args)
+
+    warning = error = debug = exception = info
+
+    def failure_detail(self) -> str:
+        """dbt's explanation after "N check(s) failed:", as one line."""
+        for index, line in enumerate(self.lines):
+            if "check failed" in line or "checks failed" in line:
+                return " ".join(" ".join(self.lines[index + 1 :]).split())
+        return ""
+
+
+def _connection_secrets(conn: Any) -> list[str]:
+    """Every value that must not appear in a Test button message: the rendered secrets and the password."""
+    secrets = [conn.password] if getattr(conn, "password", None) else []
+    try:
+        return secrets + list(render_target(conn).secret_env.values())
+    except DbtException:  # the run reports the mapping error itself
+        return secrets
+
+
+def _masked(message: str, secrets: Sequence[str]) -> str:
+    text = Redactor(secrets)(message)
+    return text if len(text) <= _MAX_TEST_MESSAGE else text[: _MAX_TEST_MESSAGE - 3] + "..."

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from dlh_airflow_common.dbt import retry_state
+from dlh_airflow_common.dbt.detached import STATUS_FILE, read_json
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
+from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -84,6 +86,8 @@ class DbtOperator(BaseOperator):
         retry_from_failure: bool = False,
         kill_grace_period: float = DEFAULT_GRACE_PERIOD,
         execution_timeout: timedelta | int | float | None = None,
+        deferrable: bool = False,
+        check_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
         timeout = as_timedelta(execution_timeout)
@@ -114,6 +118,8 @@ class DbtOperator(BaseOperator):
         self.transient_retry_delay = transient_retry_delay
         self.retry_from_failure = retry_from_failure
         self.kill_grace_period = kill_grace_period
+        self.deferrable = deferrable
+        self.check_interval = check_interval
 
     @cached_property
     def hook(self) -> DbtHook:
@@ -139,6 +145,8 @@ class DbtOperator(BaseOperator):
         ti = context["ti"]
         map_index = getattr(ti, "map_index", None)
         run_name = run_dir_name(ti.dag_id, ti.task_id, ti.try_number, map_index=map_index)
+        if self.deferrable:
+            return self._execute_deferrable(context, run_name)
         result = self.hook.run_dbt_task(
             self.dbt_command,
             select=self.dbt_models,
@@ -150,6 +158,46 @@ class DbtOperator(BaseOperator):
             fail_fast=self.fail_fast,
             extra_args=self.dbt_args,
             run_name=run_name,
+            resume_state=self._resume_state(context) if self.retry_from_failure else None,
+            post_run=lambda result: self._after_run(context, result),
+        )
+        return self._finish(context, result)
+
+    def _execute_deferrable(self, context: Context, run_name: str) -> dict[str, Any]:
+        """Start dbt detached, then free the worker slot until the trigger reports it finished."""
+        process = self.hook.start_detached(
+            self.dbt_command,
+            select=self.dbt_models,
+            exclude=self.exclude,
+            selector=self.selector,
+            vars=self.dbt_vars,
+            full_refresh=self.full_refresh,
+            threads=self.threads,
+            fail_fast=self.fail_fast,
+            extra_args=self.dbt_args,
+            run_name=run_name,
+            resume_state=self._resume_state(context) if self.retry_from_failure else None,
+        )
+        if read_json(Path(process.run_dir) / STATUS_FILE) is not None:  # finished already: no need to defer
+            return self.execute_complete(context, {"status": "finished", **process.to_dict()})
+        timeout = self.dbt_timeout.total_seconds() if self.dbt_timeout else None
+        trigger = DbtExecutionTrigger(
+            run_dir=process.run_dir,
+            pid=process.pid,
+            host=process.host,
+            pgid=process.pgid,
+            start_ticks=process.start_ticks,
+            started_at=process.started_at,
+            poll_interval=self.check_interval,
+            deadline=process.started_at + timeout if timeout else None,
+            grace_period=self.kill_grace_period,
+        )
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume on the worker: load artifacts, log the summary, push XCom, clean up, raise typed errors."""
+        result = self.hook.finish_detached(
+            event,
             resume_state=self._resume_state(context) if self.retry_from_failure else None,
             post_run=lambda result: self._after_run(context, result),
         )

@@ -1,0 +1,65 @@
+"""Run one DbtHook command in a fresh interpreter, as an Airflow task would, and print timings as JSON.
+
+Usage: python bench/hook_driver.py '<json spec>' with keys: project, conn_id, command, select, threads, vars,
+mode ("in-process"|"subprocess"), cache (bool), cache_dir, run_name, keep (bool). The last stdout line is
+JSON: ``import_s`` (interpreter start to DbtHook imported: Airflow and this package, which a worker has
+already paid), ``run_s`` (run_dbt_task alone), ``success``, ``nodes``, ``statuses``, ``run_dir``,
+``invocation_id``.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def main() -> None:
+    spec: dict[str, Any] = json.loads(sys.argv[1])
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from dlh_airflow_common.hooks.dbt import DbtHook
+
+    imported = time.perf_counter()
+    hook = DbtHook(
+        spec["project"],
+        conn_id=spec["conn_id"],
+        invocation_mode=spec.get("mode", "subprocess"),
+        partial_parse_cache=spec.get("cache", True),
+        cache_dir=spec.get("cache_dir"),
+        keep_target_artifacts=spec.get("keep", False),
+        retry_limit=0,
+        logger=logging.getLogger("bench.hook"),
+    )
+    begin = time.perf_counter()
+    result = hook.run_dbt_task(
+        spec["command"],
+        select=spec.get("select"),
+        threads=spec.get("threads"),
+        vars=spec.get("vars"),
+        run_name=spec.get("run_name"),
+    )
+    end = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "import_s": imported - STARTED,
+                "run_s": end - begin,
+                "success": result.success,
+                "error": str(result.error) if result.error else None,
+                "nodes": result.summary.node_count,
+                "statuses": result.summary.status_counts,
+                "run_dir": result.run_dir,
+                "invocation_id": result.summary.invocation_id,
+                "node_ids": sorted(n.unique_id for n in result.summary.nodes),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

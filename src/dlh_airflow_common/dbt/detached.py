@@ -1,0 +1,209 @@
+"""dbt detached from the worker, for deferrable tasks: it outlives the task process and reports through files.
+
+``launch`` starts ``python -m dlh_airflow_common.dbt.detached <run_dir>``, which forks into a new session
+(so the worker can exit and nothing waits on it), records ``process.json``, runs dbt with its JSON events
+going to ``logs/events.jsonl``, and when dbt ends writes ``status.json`` atomically. Whoever watches the
+run (the trigger) only ever reads those two small files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dlh_airflow_common.dbt.events import is_error_event
+
+SPEC_FILE = "detached_spec.json"
+PROCESS_FILE = "process.json"
+STATUS_FILE = "status.json"
+EVENTS_FILE = "events.jsonl"
+_MAX_ERROR_EVENTS = 200
+_LAUNCH_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class DetachedProcess:
+    """Where and what the detached runner is: enough to find, check and stop it from another process."""
+
+    run_dir: str
+    pid: int
+    pgid: int
+    host: str
+    started_at: float
+    start_ticks: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
+    """Write-then-rename, so a reader sees the old file, no file, or the whole new one: never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(content, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if it does not exist or is not (yet) a whole JSON object."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux), to tell it from a later process reusing the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])  # field 22 of stat, counted after the "(comm)" field
+
+
+def process_alive(pid: int, start_ticks: int | None) -> bool:
+    """True while ``pid`` runs and is the same process that was recorded (zombies count as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return start_ticks is None  # no /proc: trust kill(0)
+    if state in ("Z", "X"):
+        return False
+    return start_ticks is None or process_start_ticks(pid) == start_ticks
+
+
+def launch(
+    run_dir: Path, command: Sequence[str], env: Mapping[str, str], *, meta: Mapping[str, Any] | None = None
+) -> DetachedProcess:
+    """Start dbt detached; return once the runner has recorded itself (raises if it never does).
+
+    ``meta`` is kept in the spec file for whoever finishes the run; it must hold no secret.
+    """
+    write_json_atomic(run_dir / SPEC_FILE, {**(meta or {}), "argv": list(command)})
+    log = (run_dir / "logs" / "detached.out").open("ab")
+    with log:
+        starter = subprocess.Popen(
+            [sys.executable, "-m", "dlh_airflow_common.dbt.detached", str(run_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            close_fds=True,
+        )
+    starter.wait(timeout=_LAUNCH_TIMEOUT)  # it forks the runner and exits at once, so nothing is left to reap
+    deadline = time.monotonic() + _LAUNCH_TIMEOUT
+    while time.monotonic() < deadline:
+        recorded = read_json(run_dir / PROCESS_FILE)
+        if recorded is not None:
+            return DetachedProcess(**recorded)
+        time.sleep(0.05)
+    from dlh_airflow_common.exceptions.dbt import DbtException  # Airflow import: only on this error path
+
+    raise DbtException(f"The detached dbt runner did not start; see {run_dir / 'logs' / 'detached.out'}.")
+
+
+def stop_group(process: DetachedProcess, sig: int) -> bool:
+    """Send ``sig`` to the runner's process group; False if it is already gone."""
+    if not process_alive(process.pid, process.start_ticks):
+        return False
+    try:
+        os.killpg(process.pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _run(run_dir: Path) -> int:
+    """The runner: record itself, run dbt, write status.json when dbt ends (also when it was interrupted)."""
+    spec = read_json(run_dir / SPEC_FILE)
+    if spec is None:
+        raise SystemExit(f"no readable {SPEC_FILE} in {run_dir}")
+    pid = os.getpid()
+    me = DetachedProcess(
+        run_dir=str(run_dir), pid=pid, pgid=os.getpgid(pid), host=socket.gethostname(),
+        started_at=time.time(), start_ticks=process_start_ticks(pid),
+    )  # fmt: skip
+    # A Python handler (unlike SIG_IGN) is reset by exec, so dbt still gets SIGINT and cancels its queries,
+    # while this runner survives long enough to write the status.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    error_events: list[dict[str, Any]] = []
+    exit_code = -1
+    write_json_atomic(run_dir / PROCESS_FILE, me.to_dict())
+    try:
+        with (run_dir / "logs" / EVENTS_FILE).open("w", encoding="utf-8") as events:
+            dbt = subprocess.Popen(
+                spec["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, encoding="utf-8", errors="replace",
+            )  # fmt: skip
+            assert dbt.stdout is not None
+            for line in dbt.stdout:
+                events.write(line)
+                events.flush()
+                _keep_error(line, error_events)
+            exit_code = dbt.wait()
+    finally:
+        write_json_atomic(
+            run_dir / STATUS_FILE,
+            {
+                "exit_code": exit_code,
+                "ended_at": time.time(),
+                "pid": pid,
+                "host": me.host,
+                "error_events": error_events,
+            },
+        )
+    return 0
+
+
+def _keep_error(line: str, kept: list[dict[str, Any]]) -> None:
+    if len(kept) >= _MAX_ERROR_EVENTS or not line.startswith("{"):
+        return
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return
+    if isinstance(event, dict) and is_error_event(event):
+        kept.append(event)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m dlh_airflow_common.dbt.detached <run_dir>", file=sys.stderr)
+        return 2
+    if os.fork() > 0:
+        return 0  # the starter exits at once; the runner below is adopted by init (or a subreaper)
+    try:
+        _run(Path(args[0]))
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

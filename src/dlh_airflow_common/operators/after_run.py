@@ -1,0 +1,184 @@
+"""What DbtOperator does after dbt ran and before its run dir goes: upload, link URLs, lineage, metrics.
+
+Each step is best-effort: a failure is a warning in the task log and never changes the task's outcome,
+except an artifact upload with ``strict=True``, which turns a successful run into a failed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlh_airflow_common.dbt import metrics, storage
+from dlh_airflow_common.dbt.run_dir import RunDir
+from dlh_airflow_common.exceptions.dbt import DbtArtifactException
+from dlh_airflow_common.links.dbt import ARTIFACTS_URL_KEY, DOCS_URL_KEY, docs_url, first_model
+
+if TYPE_CHECKING:
+    from dlh_airflow_common.dbt.lineage import DbtLineage
+    from dlh_airflow_common.hooks.dbt import DbtTaskResult
+
+ARTIFACTS_KEY = "artifacts"
+# Commands whose results name nodes worth deep-linking to in the docs (not compile/docs/ls results).
+_BUILDING_COMMANDS = frozenset({"run", "build", "seed", "snapshot", "retry"})
+_MAX_ERROR = 300
+
+
+@dataclass(frozen=True)
+class ArtifactSettings:
+    """The operator's upload and link arguments, checked once when the operator is built."""
+
+    upload: bool = False
+    conn_id: str | None = None
+    bucket: str | None = None
+    destination: str | None = None
+    base_url: str | None = None
+    docs_url: str | None = None
+    compiled_sql: bool = False
+    gzip: bool = False
+    strict: bool = False
+    publish_docs: bool = False
+
+    def validate(self) -> None:
+        if self.destination and self.bucket:
+            raise ValueError("Pass artifacts_destination (a URI) or artifacts_bucket, not both.")
+        if (self.upload or self.publish_docs) and not (self.destination or self.bucket):
+            raise ValueError("upload_artifacts and publish_docs need artifacts_destination or artifacts_bucket.")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which task try this is, for the upload layout and metric names."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+    map_index: int | None = None
+
+    @classmethod
+    def from_context(cls, context: Any) -> RunIdentity:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", None)
+        return cls(ti.dag_id, ti.task_id, str(context["run_id"]), int(ti.try_number), map_index)
+
+
+def upload(settings: ArtifactSettings, who: RunIdentity, result: DbtTaskResult, log: Any) -> storage.UploadReport | None:
+    """Upload the run's artifacts; on failure warn (or, strict, fail the result) and return None."""
+    relative = storage.try_path(who.dag_id, who.task_id, who.run_id, who.try_number, map_index=who.map_index)
+    files = storage.collect_artifacts(
+        Path(result.target_path),
+        RunDir(Path(result.run_dir)).log_path,
+        compiled_sql=settings.compiled_sql,
+        docs=settings.publish_docs,
+    )
+    where = settings.destination or settings.bucket
+    try:
+        uri = storage.destination_uri(settings.destination, settings.bucket, _conn_type(settings))
+        where = uri
+        report = storage.upload_artifacts(
+            storage.open_destination(uri, settings.conn_id), relative, files, gzip_files=settings.gzip
+        )
+    except Exception as err:
+        message = f"Uploading dbt artifacts to {where}/{relative} failed: {type(err).__name__}: {err}"
+        result.extra[ARTIFACTS_KEY] = {"error": message[:_MAX_ERROR]}
+        if settings.strict and result.error is None:
+            log.error("%s (artifacts_strict=True: the task fails)", message)
+            result.error = DbtArtifactException(message, retryable=True, artifact_path=f"{where}/{relative}")
+            result.success = False
+        else:
+            log.warning("%s; the task result is not affected (artifacts_strict=True would fail it)", message)
+        return None
+    for line in storage.describe(report):
+        log.info("%s", line)
+    result.extra[ARTIFACTS_KEY] = report.to_xcom()
+    return report
+
+
+def _conn_type(settings: ArtifactSettings) -> str | None:
+    """The connection type picks the scheme of a bare ``artifacts_bucket``; a URI destination needs none."""
+    if not settings.bucket or not settings.conn_id:
+        return None
+    from airflow.sdk import BaseHook
+
+    return str(BaseHook.get_connection(settings.conn_id).conn_type)
+
+
+def record_links(settings: ArtifactSettings, result: DbtTaskResult, report: storage.UploadReport | None) -> None:
+    """Put the ``dbt Docs`` and ``dbt Artifacts`` URLs into the summary the links read."""
+    command = result.command.split()[0] if result.command else ""
+    node = first_model(n.unique_id for n in result.summary.nodes) if command in _BUILDING_COMMANDS else None
+    docs: str | None = None
+    if settings.docs_url:
+        docs = docs_url(settings.docs_url, node)
+    elif report is not None and report.docs_location:
+        published = report.docs_location
+        if settings.base_url:
+            published = storage.relative_url(settings.base_url, report.relative_path, storage.DOCS_INDEX)
+        docs = docs_url(published, node)
+    artifacts: str | None = settings.base_url
+    if report is not None:
+        artifacts = report.location
+        if settings.base_url:
+            artifacts = storage.relative_url(settings.base_url, report.relative_path) + "/"
+    if docs:
+        result.extra[DOCS_URL_KEY] = docs
+    if artifacts:
+        result.extra[ARTIFACTS_URL_KEY] = artifacts
+
+
+def openlineage_enabled() -> bool:
+    """The OpenLineage provider is installed and configured (a transport, not disabled)."""
+    from dlh_airflow_common.dbt.lineage import lineage_available
+
+    if not lineage_available():
+        return False
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    return not is_disabled()
+
+
+def lineage(
+    result: DbtTaskResult, *, project_dir: str, profile_name: str | None, target: str | None, log: Any
+) -> DbtLineage | None:
+    """The run's OpenLineage datasets, or None (provider absent or disabled, adapter unsupported, ...)."""
+    if not openlineage_enabled():
+        return None
+    from dlh_airflow_common.dbt.lineage import build_lineage
+
+    try:
+        found = build_lineage(
+            project_dir=project_dir, target_path=result.target_path, profile_name=profile_name, target=target
+        )
+    except Exception as err:  # lineage is informative; it never fails the task
+        log.warning("No OpenLineage datasets for this run: %s: %s", type(err).__name__, err)
+        return None
+    log.info("OpenLineage: %d input and %d output dataset(s)", len(found.inputs), len(found.outputs))
+    return found
+
+
+def emit_metrics(who: RunIdentity, result: DbtTaskResult, report: storage.UploadReport | None, log: Any) -> None:
+    """Send the run's StatsD metrics through Airflow's Stats (a no-op unless ``[metrics]`` is configured)."""
+    try:
+        sent = metrics.emit(
+            metrics.run_metrics(
+                result.summary,
+                dag_id=who.dag_id,
+                task_id=who.task_id,
+                command=result.command,
+                success=result.success,
+                wall_seconds=result.elapsed_seconds,
+                attempts=result.attempts,
+                error_type=type(result.error).__name__ if result.error is not None else None,
+                uploaded_bytes=report.stored_bytes if report is not None else None,
+                upload_failed="error" in result.extra.get(ARTIFACTS_KEY, {}),
+            )
+        )
+    except Exception as err:
+        log.warning("Could not send dbt metrics: %s", err)
+        return
+    logging.getLogger(__name__).debug("Sent %d dbt metrics", sent)
