@@ -3,8 +3,8 @@
 Usage: python bench/hook_driver.py '<json spec>' with keys: project, conn_id, command, select, threads, vars,
 mode ("in-process"|"subprocess"), cache (bool), cache_dir, run_name, keep (bool). The last stdout line is
 JSON: ``import_s`` (interpreter start to DbtHook imported: Airflow and this package, which a worker has
-already paid), ``run_s`` (run_dbt_task alone), ``success``, ``nodes``, ``statuses``, ``run_dir``,
-``invocation_id``.
+already paid), ``run_s`` (run_dbt_task alone), ``run_cpu_s`` (its CPU time, dbt's included),
+``success``, ``nodes``, ``statuses``, ``run_dir``, ``invocation_id``, ``node_ids``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ STARTED = time.perf_counter()
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import resource  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (dbt in subprocess mode)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -35,7 +42,7 @@ def main() -> None:
         retry_limit=0,
         logger=logging.getLogger("bench.hook"),
     )
-    begin = time.perf_counter()
+    begin, cpu_begin = time.perf_counter(), cpu_seconds()
     result = hook.run_dbt_task(
         spec["command"],
         select=spec.get("select"),
@@ -43,12 +50,13 @@ def main() -> None:
         vars=spec.get("vars"),
         run_name=spec.get("run_name"),
     )
-    end = time.perf_counter()
+    end, cpu_end = time.perf_counter(), cpu_seconds()
     print(
         json.dumps(
             {
                 "import_s": imported - STARTED,
                 "run_s": end - begin,
+                "run_cpu_s": cpu_end - cpu_begin,
                 "success": result.success,
                 "error": str(result.error) if result.error else None,
                 "nodes": result.summary.node_count,

@@ -26,14 +26,25 @@ def scale_run_results(source: Path, out: Path, results: int = 10_000) -> int:
     return out.stat().st_size
 
 
-def scale_manifest(source: Path, out: Path, target_bytes: int = 100 * 1024 * 1024) -> int:
-    """Clone nodes (with their parent/child map entries) until the file reaches ``target_bytes``."""
-    data: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
-    base_size = len(json.dumps(data))
+def scale_manifest(source: Path, out: Path, target_bytes: int = 100 * 1000 * 1000) -> int:
+    """Clone nodes (with their parent/child map entries) until the file is within 2% of ``target_bytes``."""
+    original: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
+    base = len(json.dumps(original))
+    per_node = max(1, base // max(1, len(original["nodes"])))
+    copies = max(0, (target_bytes - base) // per_node)
+    for _ in range(4):
+        size = _write_scaled(original, out, copies)
+        if abs(size - target_bytes) <= target_bytes * 0.02:
+            break
+        per_node = max(1, (size - base) // max(1, copies))
+        copies = max(0, (target_bytes - base) // per_node)
+    return out.stat().st_size
+
+
+def _write_scaled(original: dict[str, Any], out: Path, copies: int) -> int:
+    data = copy.deepcopy(original)
     nodes = data["nodes"]
-    originals = list(nodes.items())
-    per_node = max(1, (base_size - len(json.dumps({k: v for k, v in data.items() if k != "nodes"}))) // len(nodes))
-    copies = max(0, (target_bytes - base_size) // per_node)
+    originals = list(original["nodes"].items())
     for index in range(copies):
         unique_id, node = originals[index % len(originals)]
         clone_id = f"{unique_id}_copy{index}"

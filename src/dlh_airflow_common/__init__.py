@@ -33,6 +33,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["dlh_airflow_common.operators.dbt"],
             }
         ],
+        "extra-links": [
+            "dlh_airflow_common.links.dbt.DbtDocsLink",
+            "dlh_airflow_common.links.dbt.DbtArtifactsLink",
+        ],
         "integrations": [
             {
                 "integration-name": "dbt Core",

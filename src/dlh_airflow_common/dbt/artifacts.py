@@ -38,8 +38,8 @@ WARNED_STATUSES = frozenset({"warn"})
 def _gc_paused() -> Iterator[None]:
     """Decoding allocates millions of containers and no cycles; collections in between only cost time.
 
-    With the collector on, loading a 100 MB manifest takes about three times as long (measured: 2.4 s
-    vs 0.8 s), because the growing heap is rescanned again and again.
+    The collector would rescan the growing heap again and again. Paused, it scans the new objects once
+    later: loading a 100 MB manifest costs about half the CPU time, later collections included.
     """
     was_enabled = gc.isenabled()
     gc.disable()

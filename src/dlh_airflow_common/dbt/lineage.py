@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlh_airflow_common.dbt.artifacts import MANIFEST, RUN_RESULTS
+
 logger = logging.getLogger(__name__)
 
 # dbt commands (run_results.json ``args.which``) OpenLineage's dbt processing reads; others have no lineage.
@@ -76,6 +78,8 @@ def build_lineage(
     from openlineage.common.provider.dbt.utils import PRODUCER
     from openlineage.common.utils import get_from_nullable_chain
 
+    if not all((Path(target_path) / name).is_file() for name in (MANIFEST, RUN_RESULTS)):
+        return DbtLineage()  # dbt stopped before running anything (bad project, profile, selector)
     processor = _processor_class()(
         project_dir=str(project_dir),
         profile_name=profile_name,
@@ -98,7 +102,9 @@ def build_lineage(
 
     # Seeds: OpenLineage's processing covers models, sources and snapshots; seed datasets are built with its
     # own dataset builder so they are named exactly like the models that read them.
-    manifest = processor.manifest
+    manifest = getattr(processor, "manifest", None) or processor.load_metadata(
+        processor.manifest_path, list(range(2, 13)), logger
+    )
     catalog = _catalog(processor)
     run_results = processor.load_metadata(processor.run_result_path, list(range(2, 7)), logger)
     executed: set[str] = set()

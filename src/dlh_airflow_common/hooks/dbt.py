@@ -7,9 +7,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from dlh_airflow_common.dbt.invocation import (
     dbt_command_prefix,
     dbt_executable,
 )
-from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir, write_profiles_file
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, replay_progress
@@ -46,22 +44,11 @@ from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
 from dlh_airflow_common.exceptions.dbt import (
     DbtException,
     DbtExecutionTimeoutException,
-    DbtProfileException,
 )
+from dlh_airflow_common.hooks.dbt_profile_source import Profile, ProfileSource
 from dlh_airflow_common.hooks.dbt_profiles import render_target
 
 __all__ = ["DbtHook", "DbtTaskResult"]
-
-GENERATED_PROFILE_NAME = "dlh_airflow"
-GENERATED_TARGET_NAME = "airflow"
-
-
-@dataclass(frozen=True)
-class _Profile:
-    profiles_dir: str | None
-    profile_name: str | None
-    target: str | None
-    env: dict[str, str]
 
 
 def _retry_command(command: DbtCommand) -> DbtCommand:
@@ -141,47 +128,18 @@ class DbtHook(BaseHook):
         return self._logger or self.log
 
     # -- profile -----------------------------------------------------------------------------------
-    @contextmanager
-    def _profile(self, project: DbtProject, into: Path | None = None) -> Iterator[_Profile]:
-        """The profile for one run; a generated one lives in a temp dir, or in ``into`` (a detached run's dir)."""
-        if self.conn_id and self.profiles_dir:
-            raise DbtProfileException(
-                f"Pass either conn_id ({self.conn_id!r}) or profiles_dir ({self.profiles_dir}), not both.",
-                conn_id=self.conn_id,
-            )
-        env = dict(self.env_vars)
-        if not self.conn_id:
-            if self.schema_override:
-                env["DBT_SCHEMA_OVERRIDE"] = self.schema_override
-            profiles_dir = self.profiles_dir
-            if profiles_dir is None and (project.path / PROFILES_FILE).is_file():
-                profiles_dir = str(project.path)
-            if profiles_dir is not None and not (Path(profiles_dir) / PROFILES_FILE).is_file():
-                raise DbtProfileException(f"profiles_dir {profiles_dir} has no {PROFILES_FILE}.")
-            yield _Profile(profiles_dir=profiles_dir, profile_name=None, target=self.target, env=env)
-            return
-        rendered = render_target(self._connection(self.conn_id), schema_override=self.schema_override)
-        profile_name = project.profile or GENERATED_PROFILE_NAME
-        target_name = self.target or GENERATED_TARGET_NAME
-        env = {**env, **rendered.secret_env}
-        if into is not None:
-            directory = write_profiles_file(into, profile_name, target_name, rendered.target)
-            yield _Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
-            return
-        with temporary_profiles_dir(profile_name, target_name, rendered.target) as directory:
-            yield _Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
+    @property
+    def profile_source(self) -> ProfileSource:
+        return ProfileSource(
+            get_connection=self.get_connection, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
+            target=self.target, schema_override=self.schema_override, env_vars=self.env_vars,
+        )  # fmt: skip
+
+    def _profile(self, project: DbtProject, into: Path | None = None) -> AbstractContextManager[Profile]:
+        return self.profile_source.open(project, into)
 
     def _connection(self, conn_id: str) -> Any:
-        try:
-            return self.get_connection(conn_id)
-        except Exception as err:
-            if type(err).__name__ != "AirflowNotFoundException":
-                raise
-            raise DbtProfileException(
-                f"Airflow connection {conn_id!r} is not defined (neither in the metadata database, "
-                f"nor as AIRFLOW_CONN_{conn_id.upper()}, nor in a secrets backend).",
-                conn_id=conn_id,
-            ) from None
+        return dataclasses.replace(self.profile_source, conn_id=conn_id).connection()
 
     # -- running -----------------------------------------------------------------------------------
     def run_dbt_task(
@@ -291,7 +249,7 @@ class DbtHook(BaseHook):
             )
             started = float(event.get("started_at") or 0) or None
             wall = max(0.0, float(status.get("ended_at") or time.time()) - started) if started else 0.0
-            result = self._result(command, outcome, run_dir, self._redactor(), progress, wall)
+            result = self._result(command, outcome, run_dir, self.profile_source.redactor(), progress, wall)
             if kind == "lost":
                 result.success = False
                 result.error = DbtException(str(event.get("message") or "The detached dbt run was lost."))
@@ -341,16 +299,6 @@ class DbtHook(BaseHook):
         elif run_dir.cleanup():
             self.last_target_path = None
 
-    def _redactor(self) -> Redactor:
-        """Secrets of the connection, for masking what a detached run reported (rendered again, never stored)."""
-        if not self.conn_id:
-            return Redactor.from_env(self.env_vars)
-        try:
-            rendered = render_target(self._connection(self.conn_id), schema_override=self.schema_override)
-        except DbtException:
-            return Redactor.from_env(self.env_vars)
-        return Redactor.from_env({**self.env_vars, **rendered.secret_env})
-
     def cancel(self) -> None:
         """Stop the running dbt (graceful, see ``grace_period``) and any pending retry; safe to call anytime."""
         self._cancelled.set()
@@ -377,7 +325,7 @@ class DbtHook(BaseHook):
         first: DbtCommand,
         dbt_command: DbtCommand,
         project: DbtProject,
-        profile: _Profile,
+        profile: Profile,
         run_dir: RunDir,
         policy: RetryPolicy,
     ) -> DbtTaskResult:
@@ -417,7 +365,7 @@ class DbtHook(BaseHook):
         ):  # fmt: skip
             self.run_log.info("%s", line)
 
-    def _argv(self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir) -> list[str]:
+    def _argv(self, command: DbtCommand, project: DbtProject, profile: Profile, run_dir: RunDir) -> list[str]:
         if profile.target:
             command = dataclasses.replace(command, target=profile.target)
         argv = command.argv(
@@ -431,7 +379,7 @@ class DbtHook(BaseHook):
         return argv
 
     def _execute(
-        self, command: DbtCommand, project: DbtProject, profile: _Profile, run_dir: RunDir, *, timeout: float | None
+        self, command: DbtCommand, project: DbtProject, profile: Profile, run_dir: RunDir, *, timeout: float | None
     ) -> DbtTaskResult:
         redactor = Redactor.from_env(profile.env)
         reporter = ProgressReporter(self.run_log, ascii_only=self.ascii_only, redactor=redactor)

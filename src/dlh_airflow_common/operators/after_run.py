@@ -65,7 +65,9 @@ class RunIdentity:
         return cls(ti.dag_id, ti.task_id, str(context["run_id"]), int(ti.try_number), map_index)
 
 
-def upload(settings: ArtifactSettings, who: RunIdentity, result: DbtTaskResult, log: Any) -> storage.UploadReport | None:
+def upload(
+    settings: ArtifactSettings, who: RunIdentity, result: DbtTaskResult, log: Any
+) -> storage.UploadReport | None:
     """Upload the run's artifacts; on failure warn (or, strict, fail the result) and return None."""
     relative = storage.try_path(who.dag_id, who.task_id, who.run_id, who.try_number, map_index=who.map_index)
     files = storage.collect_artifacts(

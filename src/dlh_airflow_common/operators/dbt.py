@@ -16,10 +16,15 @@ from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMo
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
+from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, GENERATED_TARGET_NAME
+from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink
+from dlh_airflow_common.operators import after_run
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from dlh_airflow_common.dbt.lineage import DbtLineage
 
 XCOM_SUMMARY_KEY = "dbt_summary"
 _BACKSTOP_MARGIN_SECONDS = 30
@@ -58,6 +63,7 @@ class DbtOperator(BaseOperator):
     template_fields_renderers = {"dbt_vars": "json", "env_vars": "json"}
     ui_color = "#ff694a"
     ui_fgcolor = "#ffffff"
+    operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
 
     def __init__(
         self,
@@ -88,6 +94,16 @@ class DbtOperator(BaseOperator):
         execution_timeout: timedelta | int | float | None = None,
         deferrable: bool = False,
         check_interval: float = 10.0,
+        dbt_docs_url: str | None = None,
+        artifacts_url: str | None = None,
+        upload_artifacts: bool = False,
+        artifacts_conn_id: str | None = None,
+        artifacts_bucket: str | None = None,
+        artifacts_destination: str | None = None,
+        artifacts_compiled_sql: bool = False,
+        artifacts_gzip: bool = False,
+        artifacts_strict: bool = False,
+        publish_docs: bool = False,
         **kwargs: Any,
     ) -> None:
         timeout = as_timedelta(execution_timeout)
@@ -120,6 +136,18 @@ class DbtOperator(BaseOperator):
         self.kill_grace_period = kill_grace_period
         self.deferrable = deferrable
         self.check_interval = check_interval
+        self.dbt_docs_url = dbt_docs_url
+        self.artifacts_url = artifacts_url
+        self.upload_artifacts = upload_artifacts or publish_docs
+        self.artifacts_conn_id = artifacts_conn_id
+        self.artifacts_bucket = artifacts_bucket
+        self.artifacts_destination = artifacts_destination
+        self.artifacts_compiled_sql = artifacts_compiled_sql
+        self.artifacts_gzip = artifacts_gzip
+        self.artifacts_strict = artifacts_strict
+        self.publish_docs = publish_docs
+        self._artifact_settings().validate()
+        self._lineage: DbtLineage | None = None
 
     @cached_property
     def hook(self) -> DbtHook:
@@ -205,10 +233,63 @@ class DbtOperator(BaseOperator):
 
     def _after_run(self, context: Context, result: DbtTaskResult) -> None:
         """Runs while the run dir still exists, on success and failure: artifact upload, lineage, metrics."""
+        who = after_run.RunIdentity.from_context(context)
+        settings = self._artifact_settings()
+        report = after_run.upload(settings, who, result, self.log) if settings.upload else None
+        after_run.record_links(settings, result, report)
+        generated = bool(self.conn_id)  # the hook generated the profile: its profile and target names
+        self._lineage = after_run.lineage(
+            result,
+            project_dir=self.dbt_project_dir,
+            profile_name=GENERATED_PROFILE_NAME if generated and not self._project_profile() else None,
+            target=self.target or (GENERATED_TARGET_NAME if generated else None),
+            log=self.log,
+        )
+        after_run.emit_metrics(who, result, report, self.log)
+
+    def _artifact_settings(self) -> after_run.ArtifactSettings:
+        return after_run.ArtifactSettings(
+            upload=self.upload_artifacts,
+            conn_id=self.artifacts_conn_id,
+            bucket=self.artifacts_bucket,
+            destination=self.artifacts_destination,
+            base_url=self.artifacts_url,
+            docs_url=self.dbt_docs_url,
+            compiled_sql=self.artifacts_compiled_sql,
+            gzip=self.artifacts_gzip,
+            strict=self.artifacts_strict,
+            publish_docs=self.publish_docs,
+        )
+
+    def _project_profile(self) -> str | None:
+        from dlh_airflow_common.dbt.project import load_project
+
+        return load_project(self.dbt_project_dir).profile
+
+    def pre_execute(self, context: Any) -> None:
+        """With ``publish_docs``, ``docs generate`` also writes the self-contained ``static_index.html``."""
+        docs = " ".join(str(self.dbt_command).split()) == "docs generate"
+        if self.publish_docs and docs and "--static" not in self.dbt_args:
+            self.dbt_args.append("--static")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs (sources, seeds, upstream models) and outputs (models, snapshots, loaded seeds) of the run."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        if self._lineage is None:
+            return OperatorLineage()
+        return OperatorLineage(
+            inputs=self._lineage.inputs, outputs=self._lineage.outputs, run_facets=self._lineage.run_facets
+        )
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """A failed run still read its inputs and may have built some models before the failure."""
+        return self.get_openlineage_facets_on_complete(task_instance)
 
     def _finish(self, context: Context, result: DbtTaskResult) -> dict[str, Any]:
         """Push the bounded summary to XCom, then return it or raise the typed error (sync and deferrable)."""
         summary = result.to_xcom()
+        summary.update(result.extra)  # upload location and link URLs from _after_run (small, bounded)
         context["ti"].xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
         if result.error is not None:
             raise result.error

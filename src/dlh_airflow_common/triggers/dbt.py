@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import time
@@ -26,13 +27,15 @@ from dlh_airflow_common.dbt.report import ProgressReporter
 from dlh_airflow_common.exceptions.dbt import classify_dbt_error
 
 _STOP_POLL_SECONDS = 0.2
+_NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
 _MAX_TAIL_BYTES = 256 * 1024  # per poll: progress lines are small; a huge backlog is skipped, not parsed
 
 
 class DbtExecutionTrigger(BaseTrigger):
     """Yields one event for a detached dbt run: ``success``, ``error``, ``timeout`` or ``lost``.
 
-    Every poll reads ``status.json`` (a few hundred bytes) and new progress lines in a worker thread.
+    Every poll reads ``status.json`` (a few hundred bytes) and new progress lines in one worker-thread hop;
+    the first poll comes at a random phase of ``poll_interval``, so many triggers do not poll in step.
     ``deadline`` (epoch seconds) stops dbt gracefully: SIGINT to its process group, ``grace_period``
     seconds, then SIGKILL. ``on_kill`` (a user marked or cleared the task) stops it the same way;
     ``cleanup`` never does, so a triggerer restart leaves dbt running and the re-created trigger
@@ -94,8 +97,12 @@ class DbtExecutionTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         reporter = ProgressReporter(self.log)
         same_host = self.host == socket.gethostname()
+        # Start at a random phase of the interval: triggers created together (a triggerer restart re-creates
+        # all of them at once) would otherwise poll in step, and their bunched reads delay the whole loop.
+        await asyncio.sleep(random.uniform(0, self.poll_interval))
         while True:
-            if not await asyncio.to_thread(os.path.isdir, self.run_dir):
+            state, status = await asyncio.to_thread(self._poll, reporter, same_host)  # one thread hop per poll
+            if state == _NO_RUN_DIR:
                 where = "" if same_host else f" (dbt runs on {self.host}, this triggerer is {socket.gethostname()})"
                 yield self._event(
                     "lost",
@@ -103,16 +110,10 @@ class DbtExecutionTrigger(BaseTrigger):
                     "must share this filesystem (same host or a shared volume).",
                 )
                 return
-            status = await asyncio.to_thread(read_json, Path(self.run_dir) / STATUS_FILE)
-            await asyncio.to_thread(self._tail, reporter)
             if status is not None:
                 yield self._finished(status)
                 return
-            if same_host and not process_alive(self.pid, self.start_ticks):
-                status = await asyncio.to_thread(read_json, Path(self.run_dir) / STATUS_FILE)  # it may just have ended
-                if status is not None:
-                    yield self._finished(status)
-                    return
+            if state == _GONE:
                 yield self._event(
                     "lost", message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE}."
                 )
@@ -122,6 +123,20 @@ class DbtExecutionTrigger(BaseTrigger):
                 yield self._event("timeout", message="The execution timeout passed; dbt was stopped.")
                 return
             await asyncio.sleep(self.poll_interval)
+
+    def _poll(self, reporter: ProgressReporter, same_host: bool) -> tuple[str, dict[str, Any] | None]:
+        """One look at the run (in a worker thread): its state and, once it finished, its status."""
+        if not os.path.isdir(self.run_dir):
+            return _NO_RUN_DIR, None
+        status_path = Path(self.run_dir) / STATUS_FILE
+        status = read_json(status_path)
+        self._tail(reporter)
+        if status is not None:
+            return _FINISHED, status
+        if same_host and not process_alive(self.pid, self.start_ticks):
+            status = read_json(status_path)  # it may just have ended
+            return (_FINISHED, status) if status is not None else (_GONE, None)
+        return _RUNNING, None
 
     def _finished(self, status: dict[str, Any]) -> TriggerEvent:
         exit_code = status.get("exit_code")
@@ -134,6 +149,8 @@ class DbtExecutionTrigger(BaseTrigger):
         """Log new node results from dbt's event stream (runs in a worker thread, reads only what is new)."""
         path = Path(self.run_dir) / "logs" / EVENTS_FILE
         try:
+            if os.stat(path).st_size == self._offset:
+                return  # nothing new: most polls
             with path.open("rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
                 if size - self._offset > _MAX_TAIL_BYTES:

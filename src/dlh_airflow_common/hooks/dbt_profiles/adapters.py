@@ -31,7 +31,7 @@ class PostgresProfile(ProfileMapping):
         "schema": ("extra.schema",),
     }
     required = ("host", "user", "dbname", "schema")
-    secrets = ()
+    secrets = ("password",)
     # dbt-postgres requires the key even for trust/peer authentication.
     defaults = {"port": 5432, "schema": "public", "password": ""}
     integers = ("port", "threads", "keepalives_idle", "connect_timeout", "retries")
