@@ -28,7 +28,8 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Measure the hook against plain dbt (about 25 minutes on 2 cores) and rewrite docs/benchmarks.md.
+# Measure the hook against plain dbt (about 25 minutes on 2 cores), then deferrable mode (about 6 more;
+# bench/deferrable.py), and rewrite docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,31 @@ def conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     return "deps_duckdb", database
 
 
+class Captured(logging.Handler):
+    """The hook's task log (Airflow's log capture bypasses caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def task_log() -> tuple[logging.Logger, Captured]:
+    logger = logging.getLogger(f"test_deps.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = Captured()
+    logger.addHandler(handler)
+    return logger, handler
+
+
 def project_files(project: Path) -> set[str]:
     return {str(p.relative_to(project)) for p in project.rglob("*") if "target" not in p.relative_to(project).parts}
 
@@ -61,12 +88,13 @@ def deps_entries(cache_dir: Path) -> list[Path]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_runs_use_the_cached_packages_and_leave_the_project_alone(
-    mode: str, project: Path, conn: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    mode: str, project: Path, conn: tuple[str, Path], tmp_path: Path, task_log: tuple[logging.Logger, Captured]
 ) -> None:
     conn_id, database = conn
     cache_dir = tmp_path / "cache"
     before = project_files(project)
-    hook = DbtHook(project, conn_id=conn_id, cache_dir=cache_dir, **MODES[mode])
+    logger, captured = task_log
+    hook = DbtHook(project, conn_id=conn_id, cache_dir=cache_dir, logger=logger, **MODES[mode])
     first = hook.run_dbt_task("run", select="uses_package")
     assert first.success, first.error
     with duckdb.connect(str(database), read_only=True) as con:
@@ -76,11 +104,12 @@ def test_runs_use_the_cached_packages_and_leave_the_project_alone(
     assert os.readlink(entry / "some_local_pkg") == str(project.parent / "some_local_pkg")
     assert project_files(project) == before, "no dbt_packages/ nor package-lock.yml written into the project"
 
-    caplog.clear()
+    assert INSTALLED in captured.text
+    captured.lines.clear()
     second = hook.run_dbt_task("run", select="uses_package")
     assert second.success, second.error
     assert deps_entries(cache_dir) == [entry]
-    assert INSTALLED not in caplog.text and "Using cached dbt packages" in caplog.text
+    assert INSTALLED not in captured.text and "Using cached dbt packages" in captured.text
 
 
 def test_changed_packages_get_their_own_entry(project: Path, conn: tuple[str, Path], tmp_path: Path) -> None:

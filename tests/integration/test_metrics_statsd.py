@@ -90,4 +90,4 @@ def test_statsd_packets_of_a_successful_and_a_failed_run(
         for name in ("raw_customers", "raw_orders", "raw_payments")
     ]
     assert all(kinds[n] == "ms" for n in seed_nodes)
-    print("statsd packets:", sorted(f"{name}:{value:g}|{kind}" for name, value, kind in packets)[:12])
+    print("statsd packets:", *(f"{PREFIX}.{name}:{value:g}|{kind}" for name, value, kind in packets), sep="\n")

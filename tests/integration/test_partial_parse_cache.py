@@ -203,3 +203,11 @@ def test_read_only_project_keeps_its_cache_outside(example_project: Path, tmp_pa
     assert kinds == ["full", "partial"]
     assert list((tmp_path / "tmp").glob("dlh-airflow-dbt-*/.dlh_cache/partial_parse/*/*.msgpack"))
     assert not (example_project / "target").exists() or not list((example_project / "target").iterdir())
+
+
+def test_an_unusable_cache_dir_costs_only_the_cache(example_project: Path, conn: str, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "cache_is_a_file"
+    not_a_dir.write_text("")
+    result = run(example_project, conn, not_a_dir)
+    assert parse_kind(result) == "full"
+    assert not_a_dir.is_file()

@@ -67,8 +67,11 @@ def test_hooks_default_to_their_default_connection() -> None:
 
 def test_providers_manager_discovers_the_provider_and_its_hooks(providers_manager: Any) -> None:
     assert "dlh-airflow-common" in providers_manager.providers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hooks property is deprecated for task code, not for the API server
+        hooks = providers_manager.hooks
     for conn_type in OUR_TYPES:
-        info = providers_manager.hooks[conn_type]
+        info = hooks[conn_type]
         assert info is not None, conn_type
         assert info.package_name == "dlh-airflow-common"
         assert info.connection_testable is True

@@ -98,6 +98,7 @@ class FakeRun:
     ticks: int
     first_line: str
     triggers: list[DbtExecutionTrigger] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
 
     @property
     def pid(self) -> int:
@@ -114,7 +115,7 @@ class FakeRun:
             "host": HOST,
             "pgid": self.pid,
             "start_ticks": self.ticks,
-            "started_at": time.time(),
+            "started_at": self.started_at,
             "poll_interval": POLL,
             "grace_period": 5.0,
             **overrides,
@@ -250,7 +251,14 @@ async def test_success_is_reported_once_when_status_appears(runs: Runs) -> None:
     run.write_status(0)
     events = await watching
     assert [e.payload for e in events] == [
-        {"status": "success", "run_dir": str(run.run_dir), "pid": run.pid, "host": HOST, "exit_code": 0}
+        {
+            "status": "success",
+            "run_dir": str(run.run_dir),
+            "pid": run.pid,
+            "host": HOST,
+            "exit_code": 0,
+            "started_at": run.started_at,
+        }
     ]
     assert run.alive(), "the trigger only watches; it never stops a run that finished"
 
@@ -272,6 +280,7 @@ async def test_runtime_error_names_the_exception_and_the_node(runs: Runs) -> Non
         "run_dir": str(run.run_dir),
         "pid": run.pid,
         "host": HOST,
+        "started_at": run.started_at,
         "exit_code": 1,
         "reason": "DbtRuntimeException",
         "node_id": "model.shop.bad",
@@ -384,6 +393,14 @@ async def test_on_another_host_a_shared_run_dir_is_watched_by_its_files(runs: Ru
     assert [e.payload["status"] for e in await watching] == ["success"]
 
 
+async def test_timeout_on_another_host_does_not_claim_dbt_was_stopped(runs: Runs) -> None:
+    run = runs.start()
+    payload = await the_event(run.trigger(host="worker-7.example", deadline=time.time() - 1))
+    assert payload["status"] == "timeout"
+    assert run.alive(), "a process on 'another host' is never signalled"
+    assert "was stopped" not in payload["message"]
+
+
 # -- half-written status ----------------------------------------------------------------------------------------
 
 
@@ -478,7 +495,14 @@ async def test_triggerer_restart_leaves_dbt_running_and_the_new_trigger_resumes(
     run.write_status(0)
     events = await watching
     assert [e.payload for e in events] == [
-        {"status": "success", "run_dir": str(run.run_dir), "pid": run.pid, "host": HOST, "exit_code": 0}
+        {
+            "status": "success",
+            "run_dir": str(run.run_dir),
+            "pid": run.pid,
+            "host": HOST,
+            "exit_code": 0,
+            "started_at": run.started_at,
+        }
     ]
 
 
@@ -526,11 +550,6 @@ async def test_on_kill_never_signals_a_process_that_reused_the_pid(runs: Runs) -
     assert run.alive() and run.proc.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on_kill waits the whole grace period (default 30 s) before SIGKILL, but Airflow's triggerer "
-    "cancels on_kill after [triggerer] on_kill_timeout (default 30 s): a dbt that ignores SIGINT is never killed",
-)
 async def test_on_kill_still_kills_when_the_triggerer_cuts_it_short(runs: Runs) -> None:
     run = runs.start(STUBBORN)
     with pytest.raises(TimeoutError):  # the triggerer: asyncio.wait_for(trigger.on_kill(), on_kill_timeout)
@@ -606,11 +625,6 @@ async def test_no_events_file_yet_is_fine(runs: Runs, progress: Any) -> None:
 # -- what execute_complete gets -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the trigger's events carry no started_at, so DbtHook.finish_detached computes wall time 0 and "
-    "every deferred run reports wall_seconds 0.0 in its XCom summary",
-)
 async def test_the_event_lets_execute_complete_report_the_wall_time(runs: Runs, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()

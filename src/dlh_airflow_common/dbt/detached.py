@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,10 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if os.fork() > 0:
         return 0  # the starter exits at once; the runner below is adopted by init (or a subreaper)
+    code = 0
     try:
         _run(Path(args[0]))
+    except BaseException:
+        traceback.print_exc()  # into logs/detached.out: why dbt could not be started
+        code = 1
     finally:
-        os._exit(0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,11 @@ class DbtHook(BaseHook):
             self._conclude(result, run_dir, state_dir, post_run, stopped=kind in ("timeout", "killed", "lost"))
             return result
         finally:
-            self._release(run_dir)
+            if event.get("stopped") is False:  # dbt may still be running on another host: leave its files
+                self.run_log.warning("Keeping %s: dbt could not be stopped from this host", run_dir.path)
+                self.invocation = None
+            else:
+                self._release(run_dir)
 
     def _prepare(self, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
         """Check everything that can be checked before anything is written."""
@@ -434,17 +438,20 @@ class DbtHook(BaseHook):
             return
         env = {**os.environ, **invocation.env}
         version = partial_parse.dbt_version(self.venv_path)
-        root = partial_parse.cache_root(run_dir.path.parent, self.cache_dir)
-        packages = None
-        if self.deps_cache:
-            prepared = deps.prepare_packages(
+        try:
+            root = partial_parse.cache_root(run_dir.path.parent, self.cache_dir)
+            prepared = self.deps_cache and deps.prepare_packages(
                 project.path, env, dbt_version=version, cache_root=root, command=command.command,
                 run_dir=run_dir.path, venv_path=self.venv_path, mode=invocation.mode, log=self.run_log,
             )  # fmt: skip
-            if prepared is not None:
-                invocation.env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
-                env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
-                packages = prepared.key
+        except OSError as err:  # a cache is an optimisation: without it dbt runs as it would anyway
+            self.run_log.warning("dbt cache dir unavailable, running without partial-parse/package cache: %s", err)
+            return
+        packages = None
+        if prepared:
+            invocation.env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
+            env[deps.PACKAGES_PATH_ENV] = str(prepared.install_path)
+            packages = prepared.key
         if not self.partial_parse_cache or not command.accepts("target_path"):
             return
         if partial_parse.partial_parse_disabled(invocation.argv, env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from dlh_airflow_common.dbt import retry_state
-from dlh_airflow_common.dbt.detached import STATUS_FILE, read_json
+from dlh_airflow_common.dbt.detached import STATUS_FILE, read_json, stop_group
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
@@ -206,6 +207,7 @@ class DbtOperator(BaseOperator):
             run_name=run_name,
             resume_state=self._resume_state(context) if self.retry_from_failure else None,
         )
+        self._detached_process = process
         if read_json(Path(process.run_dir) / STATUS_FILE) is not None:  # finished already: no need to defer
             return self.execute_complete(context, {"status": "finished", **process.to_dict()})
         timeout = self.dbt_timeout.total_seconds() if self.dbt_timeout else None
@@ -310,3 +312,6 @@ class DbtOperator(BaseOperator):
         hook = self.__dict__.get("hook")
         if hook is not None:
             hook.cancel()
+        process = self.__dict__.get("_detached_process")
+        if process is not None:  # killed between starting detached dbt and deferring
+            stop_group(process, signal.SIGINT)

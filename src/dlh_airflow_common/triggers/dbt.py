@@ -91,7 +91,10 @@ class DbtExecutionTrigger(BaseTrigger):
         )  # fmt: skip
 
     def _event(self, status: str, **details: Any) -> TriggerEvent:
-        payload = {"status": status, "run_dir": self.run_dir, "pid": self.pid, "host": self.host, **details}
+        payload = {
+            "status": status, "run_dir": self.run_dir, "pid": self.pid, "host": self.host,
+            "started_at": self.started_at, **details,
+        }  # fmt: skip
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -119,8 +122,15 @@ class DbtExecutionTrigger(BaseTrigger):
                 )
                 return
             if self.deadline is not None and time.time() >= self.deadline:
-                await self._stop("timeout")
-                yield self._event("timeout", message="The execution timeout passed; dbt was stopped.")
+                if await self._stop("timeout"):
+                    yield self._event("timeout", stopped=True, message="The execution timeout passed; dbt was stopped.")
+                else:
+                    yield self._event(
+                        "timeout",
+                        stopped=False,
+                        message=f"The execution timeout passed, but dbt runs on {self.host} and could not be "
+                        f"signalled from {socket.gethostname()}; its run dir is kept.",
+                    )
                 return
             await asyncio.sleep(self.poll_interval)
 
@@ -168,23 +178,32 @@ class DbtExecutionTrigger(BaseTrigger):
                 except ValueError:
                     continue
 
-    async def _stop(self, reason: str) -> None:
-        """SIGINT to dbt's group, wait up to the grace period without blocking the loop, then SIGKILL."""
+    async def _stop(self, reason: str) -> bool:
+        """SIGINT to dbt's group, wait up to the grace period without blocking the loop, then SIGKILL.
+
+        False when dbt runs on another host and cannot be signalled from here. If Airflow cuts the wait
+        short (``on_kill_timeout``), dbt gets SIGKILL at once rather than being left running.
+        """
         process = self.process
         if self.host != socket.gethostname():
             here = socket.gethostname()
             self.log.warning("Cannot stop dbt on %s from %s: signal it there (pid %s)", self.host, here, self.pid)
-            return
+            return False
         if not stop_group(process, signal.SIGINT):
-            return
+            return True
         self.log.info("Stopping dbt (%s): SIGINT sent to process group %s", reason, self.pgid)
         end = time.monotonic() + self.grace_period
-        while time.monotonic() < end:
-            if not process_alive(self.pid, self.start_ticks):
-                return
-            await asyncio.sleep(_STOP_POLL_SECONDS)
+        try:
+            while time.monotonic() < end:
+                if not process_alive(self.pid, self.start_ticks):
+                    return True
+                await asyncio.sleep(_STOP_POLL_SECONDS)
+        except asyncio.CancelledError:
+            stop_group(process, signal.SIGKILL)
+            raise
         self.log.warning("dbt did not stop within %.0fs; sending SIGKILL to group %s", self.grace_period, self.pgid)
         stop_group(process, signal.SIGKILL)
+        return True
 
     async def on_kill(self) -> None:
         """A user marked or cleared the deferred task: stop dbt gracefully."""
