@@ -336,16 +336,20 @@ def p3(bench: Bench, report: Report, project: Path, concurrency: int) -> None:
     log(f"P3: warm-up wave of {concurrency} concurrent runs (each its own DuckDB file)")
     _, first = wave("warmup")
     expected = first[0]["node_ids"]
-    walls, ideals, singles, checks = [], [], [], []
+    walls, ideals, singles, checks, overheads, others = [], [], [], [], [], []
     for rep in range(bench.reps):
         cpu_before = _children_cpu()
         single_sample, single = bench.hook(spec(0, f"run_single_{rep}"))
         single_wall = single_sample.process
         single_cpu = _children_cpu() - cpu_before
+        cpu_before, busy_before = _children_cpu(), _machine_busy()
         wall, results = wave(f"rep{rep}")
+        wave_cpu, busy = _children_cpu() - cpu_before, _machine_busy() - busy_before
         ideal = max(single_wall, concurrency * single_cpu / cores)
         walls.append(wall)
         ideals.append(ideal)
+        overheads.append(wave_cpu / (concurrency * single_cpu))
+        others.append(max(0.0, busy - wave_cpu) / (wall * cores))
         singles.append(single_wall)
         checks.append(_artifacts_ok([single, *results], expected))
         log(
@@ -359,7 +363,8 @@ def p3(bench: Bench, report: Report, project: Path, concurrency: int) -> None:
     title = f"P3 {concurrency} concurrent hook runs of {project.name}: wall / ideal for {cores} cores"
     absolute = f"{Stat(walls).median:.1f} s vs ideal {Stat(ideals).median:.1f} s"
     met = "artifacts " + ("correct" if ok else "WRONG")
-    report.figures.append(Figure(title, "all artifacts correct; near 1x", stat.fmt(2, "x"), absolute, met))
+    result = f"{stat.fmt(2, 'x')}; other processes took {Stat(others).median * 100:.0f} % of the CPU"
+    report.figures.append(Figure(title, "all artifacts correct; near 1x", result, absolute, met))
     report.sections.append(
         f"### P3: {concurrency} concurrent `build`s of {project.name} (hook, subprocess mode, one DuckDB file each)\n\n"
         f"Ideal wall time = max(one run's wall time, {concurrency} x one run's CPU seconds / {cores} cores), "
@@ -367,9 +372,19 @@ def p3(bench: Bench, report: Report, project: Path, concurrency: int) -> None:
         f"| one run alone, wall | {Stat(singles).fmt(1, ' s')} |\n"
         f"| {concurrency} concurrent, wall | {Stat(walls).fmt(1, ' s')} |\n"
         f"| ideal | {Stat(ideals).fmt(1, ' s')} |\n| wall / ideal | {stat.fmt(2, 'x')} |\n"
+        f"| CPU of the {concurrency} concurrent runs / {concurrency} x one run alone "
+        f"| {Stat(overheads).fmt(2, 'x')} |\n"
+        f"| machine CPU used by other processes during the wave | {Stat([o * 100 for o in others]).fmt(0, ' %')} |\n"
         f"| artifacts correct in every run | {'yes' if ok else 'NO'} "
         f"({len(checks) * (concurrency + 1)} runs checked) |\n"
     )
+
+
+def _machine_busy() -> float:
+    """CPU seconds all processes on the machine have used since boot (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _artifacts_ok(results: list[dict[str, Any]], expected: list[str]) -> bool:

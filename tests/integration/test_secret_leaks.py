@@ -28,7 +28,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-import dlh_airflow_common.hooks.dbt as hook_module
+import dlh_airflow_common.hooks.dbt_profile_source as profile_module
 from dag_runner import run_dag_file
 from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE
 from dlh_airflow_common.exceptions.dbt import DbtException
@@ -93,7 +93,7 @@ class FileWatcher(threading.Thread):
         self.evidence = evidence
         self.done = threading.Event()
         self.lock = threading.Lock()
-        real = hook_module.temporary_profiles_dir
+        real = profile_module.temporary_profiles_dir
 
         @contextmanager
         def watched(*args: Any, **kwargs: Any) -> Iterator[Path]:
@@ -102,7 +102,7 @@ class FileWatcher(threading.Thread):
                 yield directory
                 self.scan()
 
-        monkeypatch.setattr(hook_module, "temporary_profiles_dir", watched)
+        monkeypatch.setattr(profile_module, "temporary_profiles_dir", watched)
 
     def run(self) -> None:
         while not self.done.wait(0.05):
@@ -125,7 +125,7 @@ class FileWatcher(threading.Thread):
                     if not path.is_file():
                         continue
                     data = path.read_bytes()
-                    if path.name == PROFILES_FILE and path.parent.name.startswith(PROFILE_PREFIX):
+                    if path.name == PROFILES_FILE:  # temp profiles dir, or the run dir of a deferred run
                         self.evidence.live_profiles_seen += 1
                         modes = (stat.S_IMODE(path.stat().st_mode), stat.S_IMODE(path.parent.stat().st_mode))
                         self.evidence.profile_modes.add(modes)
@@ -197,7 +197,9 @@ def _exception_texts(error: BaseException | None) -> list[str]:
     return texts
 
 
-def _check(evidence: Evidence, texts: list[str], private_tmp: Path, runs: Path) -> None:
+def _check(
+    name: str, evidence: Evidence, texts: list[str], private_tmp: Path, runs: Path, *, deferred: bool = False
+) -> None:
     for text in texts:
         evidence.hits += [f"text: {hit}" for hit in hits_in(text)]
     assert evidence.hits == []
@@ -206,6 +208,8 @@ def _check(evidence: Evidence, texts: list[str], private_tmp: Path, runs: Path) 
     assert evidence.profile_modes == {(0o600, 0o700)}
     assert not list(private_tmp.glob(f"{PROFILE_PREFIX}*")), "profiles dir left behind"
     assert list(runs.glob("run_*")), "the run dir was kept for the after-run scan"
+    _report(name, evidence)
+    assert not list(runs.rglob(PROFILES_FILE)), "profiles.yml left in the kept run dir"
 
 
 HOOK_CASES = ["success", "failing_model", "wrong_password", "invalid_profile"]
@@ -244,8 +248,7 @@ def test_hook_run_leaks_nothing(
     evidence.log_lines = len(lines) + len((out + err).splitlines())
     assert evidence.log_lines > 10
     texts = [*lines, out, err, json.dumps(result.to_xcom()), *_exception_texts(result.error)]
-    _check(evidence, texts, private_tmp, runs)
-    _report(f"hook/{mode}/{case}", evidence)
+    _check(f"hook/{mode}/{case}", evidence, texts, private_tmp, runs)
 
 
 OPERATOR_DAG = textwrap.dedent(
@@ -269,7 +272,10 @@ OPERATOR_DAG = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", MODES)
+OPERATOR_MODES = {**MODES, "deferrable": {"deferrable": True}}
+
+
+@pytest.mark.parametrize("mode", OPERATOR_MODES)
 @pytest.mark.parametrize("case", ["success", "failing_model", "wrong_password"])
 def test_operator_under_dag_test_leaks_nothing(
     case: str,
@@ -289,7 +295,7 @@ def test_operator_under_dag_test_leaks_nothing(
     dag_id = f"leak_{case}_{mode.replace('-', '_')}"
     dag_file = tmp_path / f"{dag_id}.py"
     dag_file.write_text(
-        OPERATOR_DAG.format(dag_id=dag_id, project=str(project), runs=str(runs), mode_kwargs=MODES[mode])
+        OPERATOR_DAG.format(dag_id=dag_id, project=str(project), runs=str(runs), mode_kwargs=OPERATOR_MODES[mode])
     )
     evidence = Evidence()
     watcher = FileWatcher([runs, private_tmp, airflow_db / "logs"], evidence, monkeypatch)
@@ -310,8 +316,7 @@ def test_operator_under_dag_test_leaks_nothing(
     xcoms = {f"{task}/{key}": value for (task, key), value in run.xcoms.items()}
     assert xcoms, "the operator pushed its summary"
     texts = [*lines, out, err, json.dumps(xcoms, default=str)]
-    _check(evidence, texts, private_tmp, runs)
-    _report(f"operator/{mode}/{case}", evidence)
+    _check(f"operator/{mode}/{case}", evidence, texts, private_tmp, runs, deferred=mode == "deferrable")
 
 
 class _TaskInstance:

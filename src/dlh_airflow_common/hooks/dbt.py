@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -49,6 +50,9 @@ from dlh_airflow_common.hooks.dbt_profile_source import Profile, ProfileSource
 from dlh_airflow_common.hooks.dbt_profiles import render_target
 
 __all__ = ["DbtHook", "DbtTaskResult"]
+
+
+DETACHED_PROFILE_DIR = "profile"
 
 
 def _retry_command(command: DbtCommand) -> DbtCommand:
@@ -212,7 +216,7 @@ class DbtHook(BaseHook):
         )  # fmt: skip
         run_dir = self._new_run_dir(project, run_name)
         try:
-            with self._profile(project, into=run_dir.path / "profile") as profile:
+            with self._profile(project, into=run_dir.path / DETACHED_PROFILE_DIR) as profile:
                 state_dir = Path(resume_state) if resume_state is not None else None
                 first = self._resume_command(dbt_command, state_dir, run_dir)
                 argv = [*dbt_command_prefix(self.venv_path), *self._argv(first, project, profile, run_dir)]
@@ -236,6 +240,8 @@ class DbtHook(BaseHook):
         """Collect a detached run from its run dir: same summary, error types and clean-up as a sync run."""
         run_dir = RunDir(Path(str(event["run_dir"])))
         self.last_target_path = str(run_dir.target_path)
+        if event.get("stopped") is not False:  # dbt has ended: its generated profile is not needed any more
+            shutil.rmtree(run_dir.path / DETACHED_PROFILE_DIR, ignore_errors=True)
         try:
             spec = read_json(run_dir.path / SPEC_FILE) or {}
             command = str(spec.get("command") or "dbt")
