@@ -48,13 +48,24 @@ def test_lineage_events_of_a_real_run(example_project: Path, airflow_db: Path, t
         tmp_path,
         "dbt_lineage",
         example_project,
-        [("seed", "seed", conn), ("run", "run", conn), ("snapshot", "snapshot", conn), ("docs", "docs generate", conn)],
+        [
+            ("seed", "seed", conn),
+            ("run", "run", conn),
+            ("snapshot", "snapshot", conn),
+            ("docs", "docs generate", conn),
+            # Deferred: the generated profile is gone when execute_complete runs; the namespace must not need it.
+            (
+                "deferred",
+                "run",
+                {"conn_id": "dbt_duckdb", "dbt_models": "orders", "deferrable": True, "check_interval": 1},
+            ),
+        ],
     )
     run, output = run_dag_in_subprocess(dag_file, airflow_db / "dags", "dbt_lineage", env)
-    assert run.task_states == {"seed": "success", "run": "success", "snapshot": "success", "docs": "success"}, output
+    assert set(run.task_states.values()) == {"success"}, output
     assert events_file.is_file(), f"the OpenLineage provider wrote no events:\n{output[-4000:]}"
     finished = _complete_events(events_file)
-    assert set(finished) == {"seed", "run", "snapshot", "docs"}
+    assert set(finished) == {"seed", "run", "snapshot", "docs", "deferred"}
     namespace = f"duckdb://{database}"  # OpenLineage's naming for DuckDB: the database file
 
     seed = finished["seed"]
@@ -77,6 +88,10 @@ def test_lineage_events_of_a_real_run(example_project: Path, airflow_db: Path, t
     assert _names(snapshot["inputs"]) == {"shop.main.stg_customers"}
 
     assert finished["docs"]["inputs"] == [] and finished["docs"]["outputs"] == [], "docs generate has no lineage"
+
+    deferred = finished["deferred"]
+    assert [(d["namespace"], d["name"]) for d in deferred["outputs"]] == [(namespace, "shop.main.orders")]
+    assert _names(deferred["inputs"]) == {"shop.main.stg_orders", "shop.main.stg_payments"}
     print("lineage event (run task, abridged):", json.dumps(_abridged(models), indent=1))
 
 

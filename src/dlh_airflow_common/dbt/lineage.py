@@ -9,7 +9,7 @@ outputs. Needs the ``openlineage`` extra; without it ``lineage_available()`` is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,16 @@ def _processor_class() -> type[Any]:
     class _TaskArtifactProcessor(DbtLocalArtifactProcessor):  # type: ignore[misc]
         # `docs generate`, `compile`, ... simply have no lineage: no exception for them.
         should_raise_on_unsupported_command = False
+        profile_target: dict[str, Any] | None = None
+
+        def get_dbt_metadata(self) -> tuple[Any, Any, Any, Any]:
+            """With a known target (built from an Airflow connection) no profiles.yml has to exist any more."""
+            if self.profile_target is None:
+                loaded: tuple[Any, Any, Any, Any] = super().get_dbt_metadata()
+                return loaded
+            manifest = self.load_metadata(self.manifest_path, list(range(2, 13)), self.logger)
+            run_results = self.load_metadata(self.run_result_path, list(range(2, 7)), self.logger)
+            return manifest, run_results, dict(self.profile_target), _catalog(self)
 
     return _TaskArtifactProcessor
 
@@ -64,13 +74,15 @@ def build_lineage(
     target: str | None = None,
     job_namespace: str = "dbt",
     models: Iterable[str] | None = None,
+    profile_target: Mapping[str, Any] | None = None,
 ) -> DbtLineage:
     """Task-level lineage of the run whose artifacts are in ``target_path``.
 
     Outputs: models and snapshots that were built, and seeds that were loaded. Inputs: sources, seeds not
     loaded by this run and upstream models not built by it (anything that is also an output is left out).
-    The profile is read the way ``dbt-ol`` reads it: from the ``profiles_dir`` recorded in run_results.json
-    (the generated one still exists while the operator's after-run step runs). Column lineage comes with
+    ``profile_target`` is the dbt target (``type``, ``host``, ``port``, ``path``, ...) the namespace comes from;
+    without it the profile is read the way ``dbt-ol`` reads it, from the ``profiles_dir`` recorded in
+    run_results.json (a generated profile may be gone by then: deferred runs drop it). Column lineage comes with
     the outputs where OpenLineage can parse the compiled SQL; column types come from catalog.json if the
     run wrote one.
     """
@@ -91,6 +103,7 @@ def build_lineage(
         logger=logger,
         models=list(models or []),
     )
+    processor.profile_target = dict(profile_target) if profile_target is not None else None
     events = processor.parse()
     lineage = DbtLineage()
     if processor.command not in LINEAGE_COMMANDS:

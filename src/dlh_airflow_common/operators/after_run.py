@@ -145,22 +145,48 @@ def openlineage_enabled() -> bool:
 
 
 def lineage(
-    result: DbtTaskResult, *, project_dir: str, profile_name: str | None, target: str | None, log: Any
+    result: DbtTaskResult,
+    *,
+    project_dir: str,
+    profile_name: str | None,
+    target: str | None,
+    log: Any,
+    conn_id: str | None = None,
+    schema_override: str | None = None,
 ) -> DbtLineage | None:
-    """The run's OpenLineage datasets, or None (provider absent or disabled, adapter unsupported, ...)."""
+    """The run's OpenLineage datasets, or None (provider absent or disabled, adapter unsupported, ...).
+
+    With ``conn_id`` the namespace comes from the target the connection renders to, so it does not depend on
+    the generated profiles.yml still being there (a deferred run removes it when dbt ends).
+    """
     if not openlineage_enabled():
         return None
     from dlh_airflow_common.dbt.lineage import build_lineage
 
     try:
+        profile_target = _connection_target(conn_id, schema_override) if conn_id else None
         found = build_lineage(
-            project_dir=project_dir, target_path=result.target_path, profile_name=profile_name, target=target
+            project_dir=project_dir,
+            target_path=result.target_path,
+            profile_name=profile_name,
+            target=target,
+            profile_target=profile_target,
         )
     except Exception as err:  # lineage is informative; it never fails the task
         log.warning("No OpenLineage datasets for this run: %s: %s", type(err).__name__, err)
         return None
     log.info("OpenLineage: %d input and %d output dataset(s)", len(found.inputs), len(found.outputs))
     return found
+
+
+def _connection_target(conn_id: str, schema_override: str | None) -> dict[str, Any]:
+    """The dbt target an Airflow connection renders to (secrets stay ``env_var()`` references)."""
+    from airflow.sdk import BaseHook
+
+    from dlh_airflow_common.hooks.dbt_profiles import render_target
+
+    conn: Any = BaseHook.get_connection(conn_id)  # airflow.sdk.Connection satisfies ConnectionLike structurally
+    return dict(render_target(conn, schema_override=schema_override).target)
 
 
 def emit_metrics(who: RunIdentity, result: DbtTaskResult, report: storage.UploadReport | None, log: Any) -> None:

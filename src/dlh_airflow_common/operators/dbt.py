@@ -246,6 +246,8 @@ class DbtOperator(BaseOperator):
             profile_name=GENERATED_PROFILE_NAME if generated and not self._project_profile() else None,
             target=self.target or (GENERATED_TARGET_NAME if generated else None),
             log=self.log,
+            conn_id=self.conn_id,
+            schema_override=self.schema_override,
         )
         after_run.emit_metrics(who, result, report, self.log)
 
