@@ -181,3 +181,22 @@ def test_load_artifact_still_reads_what_json_loads_reads(tmp_path: Path) -> None
     assert load_artifact(path) == {"a": "ü"}
     path.write_bytes(json.dumps({"a": 1}).encode("utf-16"))
     assert load_artifact(path) == {"a": 1}
+
+
+def test_a_long_value_is_read_in_growing_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value spanning many chunks is retried a logarithmic number of times, not once per chunk."""
+    monkeypatch.setattr(artifacts, "_CHUNK_CHARS", 16)
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"metadata": {"blob": "x" * 100_000}, "results": [1, 2]}), encoding="utf-8")
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        read = handle.read
+        handle.read = lambda size=-1: reads.append(size) or read(size)  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert [m for m, _, _ in stream_artifact(path)] == ["metadata", "results", "results"]
+    assert len(reads) < 20, f"{len(reads)} reads for 100 kB in 16-character chunks"

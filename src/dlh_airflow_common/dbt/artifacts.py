@@ -96,7 +96,9 @@ class _JsonStream:
         return DbtArtifactException(f"dbt artifact {self.path} is corrupt ({reason})", artifact_path=str(self.path))
 
     def fill(self) -> bool:
-        chunk = "" if self.eof else self.handle.read(_CHUNK_CHARS)
+        """Append the next chunk, reading at least as much as is buffered: a long value is retried a
+        logarithmic number of times, not once per chunk."""
+        chunk = "" if self.eof else self.handle.read(max(_CHUNK_CHARS, len(self.buffer) - self.pos))
         if not chunk:
             self.eof = True
             return False
@@ -125,7 +127,8 @@ class _JsonStream:
         return found
 
     def value(self) -> Any:
-        self.peek()
+        if self.pos >= len(self.buffer) or self.buffer[self.pos] in _WHITESPACE:
+            self.peek()
         while True:
             try:
                 value, end = self.scan(self.buffer, self.pos)
@@ -139,7 +142,8 @@ class _JsonStream:
             return value
 
     def key(self) -> str:
-        if self.peek() != '"':
+        at_quote = self.pos < len(self.buffer) and self.buffer[self.pos] == '"'
+        if not at_quote and self.peek() != '"':
             raise self.corrupt(f"expected an object key at offset {self.pos}")
         while True:
             try:
@@ -148,8 +152,11 @@ class _JsonStream:
             except json.JSONDecodeError as err:
                 if not self.fill():
                     raise self.corrupt(f"not valid JSON at offset {self.pos}: {err}") from None
-        self.pos = end
-        self.take(":")
+        if self.buffer.startswith(": ", end) and end + 2 < len(self.buffer):  # how dbt writes it
+            self.pos = end + 2
+        else:
+            self.pos = end
+            self.take(":")
         return str(key)
 
     def items(self) -> Iterator[tuple[str | int, Any]]:
@@ -166,7 +173,9 @@ class _JsonStream:
             else:
                 yield index, self.value()
             index += 1
-            if self.take(separators) == closing:
+            if self.buffer.startswith(", ", self.pos) and self.pos + 2 < len(self.buffer):
+                self.pos += 2  # how dbt writes it; anything unusual goes the long way
+            elif self.take(separators) == closing:
                 return
 
 
