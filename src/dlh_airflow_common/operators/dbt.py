@@ -177,36 +177,29 @@ class DbtOperator(BaseOperator):
         if self.deferrable:
             return self._execute_deferrable(context, run_name)
         result = self.hook.run_dbt_task(
-            self.dbt_command,
-            select=self.dbt_models,
-            exclude=self.exclude,
-            selector=self.selector,
-            vars=self.dbt_vars,
-            full_refresh=self.full_refresh,
-            threads=self.threads,
-            fail_fast=self.fail_fast,
-            extra_args=self.dbt_args,
-            run_name=run_name,
-            resume_state=self._resume_state(context) if self.retry_from_failure else None,
-            post_run=lambda result: self._after_run(context, result),
+            **self._command_options(context, run_name), post_run=lambda result: self._after_run(context, result)
         )
         return self._finish(context, result)
 
+    def _command_options(self, context: Context, run_name: str) -> dict[str, Any]:
+        """The dbt command and its options, the same for a sync run and a detached one."""
+        return {
+            "command": self.dbt_command,
+            "select": self.dbt_models,
+            "exclude": self.exclude,
+            "selector": self.selector,
+            "vars": self.dbt_vars,
+            "full_refresh": self.full_refresh,
+            "threads": self.threads,
+            "fail_fast": self.fail_fast,
+            "extra_args": self.dbt_args,
+            "run_name": run_name,
+            "resume_state": self._resume_state(context) if self.retry_from_failure else None,
+        }
+
     def _execute_deferrable(self, context: Context, run_name: str) -> dict[str, Any]:
         """Start dbt detached, then free the worker slot until the trigger reports it finished."""
-        process = self.hook.start_detached(
-            self.dbt_command,
-            select=self.dbt_models,
-            exclude=self.exclude,
-            selector=self.selector,
-            vars=self.dbt_vars,
-            full_refresh=self.full_refresh,
-            threads=self.threads,
-            fail_fast=self.fail_fast,
-            extra_args=self.dbt_args,
-            run_name=run_name,
-            resume_state=self._resume_state(context) if self.retry_from_failure else None,
-        )
+        process = self.hook.start_detached(**self._command_options(context, run_name))
         self._detached_process = process
         if read_json(Path(process.run_dir) / STATUS_FILE) is not None:  # finished already: no need to defer
             return self.execute_complete(context, {"status": "finished", **process.to_dict()})
