@@ -1,10 +1,12 @@
 """Load and summarise one dbt artifact in a fresh interpreter; print time and peak-RSS growth as JSON.
 
-Usage: python bench/artifact_probe.py PATH {run_results|manifest} {full|stream|stdlib}
+Usage: python bench/artifact_probe.py PATH {run_results|manifest} {summary|whole|stdlib}
 
-``full`` is what the hook does (``load_artifact``, then ``RunSummary.from_artifacts`` for run results or
-a count by resource type for a manifest); ``stream`` reads the file item by item (``RunSummary.from_file``,
-``summarize_manifest``); ``stdlib`` is ``json.load`` of the whole file plus the same count. Peak RSS
+``summary`` is what a run does: for run results, the hook's own path after dbt ends (the streamed
+``RunSummary.from_target`` plus the compressed copy behind ``DbtTaskResult.run_results``); for a
+manifest, ``summarize_manifest``. ``whole`` decodes the whole document with ``load_artifact`` (what
+``result.run_results`` and ``get_manifest()`` do when asked) and counts statuses or resource types;
+``stdlib`` is ``json.load`` of the whole file plus the same count. Peak RSS
 growth is the peak RSS (VmHWM, reset just before) minus the RSS before the work. The timing includes a final
 ``gc.collect()``, so no variant looks faster by leaving collector work to its caller.
 """
@@ -48,21 +50,23 @@ def main() -> None:
     path, kind, variant = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     from dlh_airflow_common.dbt import artifacts
 
-    def ours_full() -> Any:
+    def whole() -> Any:
         data = artifacts.load_artifact(path)
         if kind == "run_results":
-            return artifacts.RunSummary.from_artifacts(data).status_counts
+            return Counter(str(r.get("status")) for r in data["results"])
         return Counter(str(n.get("resource_type")) for n in data["nodes"].values())
 
-    def ours_stream() -> Any:
+    def summary() -> Any:
         if kind == "run_results":
-            return artifacts.RunSummary.from_file(path).status_counts
+            kept = artifacts.ArtifactCopy.read(path)
+            counts = artifacts.RunSummary.from_target(path.parent).status_counts
+            return {**counts, "_kept_bytes": len(kept._compressed or b"")}
         return artifacts.summarize_manifest(path).resource_counts
 
     def stdlib() -> Any:
         return stdlib_run_results(path) if kind == "run_results" else stdlib_manifest(path)
 
-    work = {"full": ours_full, "stream": ours_stream, "stdlib": stdlib}[variant]
+    work = {"summary": summary, "whole": whole, "stdlib": stdlib}[variant]
     gc.collect()
     _reset_peak()
     before = _status_bytes("VmRSS")

@@ -7,20 +7,16 @@ it (``Connection.test_connection()`` -> the registered hook class built from the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dlh_airflow_common.hooks.dbt import DbtHook
+from modes import MODES
 from pg_server import PostgresServer
 
 pytestmark = pytest.mark.integration
-MODES: dict[str, dict[str, Any]] = {
-    "in-process": {"invocation_mode": "in-process"},
-    "subprocess": {"venv_path": sys.prefix},
-}
 WRONG_PASSWORD = "Wrong-TestBtn-Pw-3a9d"
 
 

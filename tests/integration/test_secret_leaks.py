@@ -33,6 +33,7 @@ from dag_runner import run_dag_file
 from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.hooks.dbt import DbtHook
+from modes import MODES
 from pg_server import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -41,10 +42,6 @@ LEAK_USER = "dbt_leak"
 LEAK_PASSWORD = "Lk7/Pw+q=9Z!x@Q2-leak"
 WRONG_PASSWORD = "Wr0ng/Leak+Pw=5d1e!"
 PROFILE_PREFIX = "dlh-dbt-profile-"
-MODES: dict[str, dict[str, Any]] = {
-    "in-process": {"invocation_mode": "in-process"},
-    "subprocess": {"venv_path": sys.prefix},
-}
 
 
 def needles(secret: str) -> dict[str, bytes]:

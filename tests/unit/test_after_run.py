@@ -30,7 +30,6 @@ def _result(tmp_path: Path, command: str = "build", **overrides: Any) -> DbtTask
         "success": True,
         "command": command,
         "return_code": 0,
-        "run_results": run_results,
         "summary": RunSummary.from_artifacts(run_results),
         "target_path": str(run_dir / "target"),
         "run_dir": str(run_dir),

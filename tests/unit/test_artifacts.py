@@ -1,7 +1,8 @@
-"""Unit tests for dlh_airflow_common.dbt.artifacts: artifact loading and RunSummary."""
+"""Unit tests for dlh_airflow_common.dbt.artifacts: loading, compressed copies, run and manifest summaries."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,15 @@ from typing import Any
 import pytest
 
 from dlh_airflow_common.dbt.artifacts import (
+    MANIFEST,
     RUN_RESULTS,
+    SOURCES,
+    ArtifactCopy,
+    ManifestSummary,
     NodeOutcome,
     RunSummary,
     load_artifact,
+    summarize_manifest,
 )
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
 
@@ -332,3 +338,190 @@ def test_empty_run_results_list_is_not_replaced_by_sources() -> None:
 
 def test_no_artifacts_and_no_sources() -> None:
     assert RunSummary.from_artifacts({}, None).node_count == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RunSummary.from_target and ArtifactCopy (what a run's result keeps)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_from_target_streams_run_results(tmp_path: Path) -> None:
+    write_json(tmp_path / RUN_RESULTS, RUN_RESULTS_DOC)
+    write_json(tmp_path / SOURCES, SOURCES_DOC)
+    assert RunSummary.from_target(tmp_path) == RunSummary.from_artifacts(RUN_RESULTS_DOC)
+
+
+def test_from_target_falls_back_to_sources_json(tmp_path: Path) -> None:
+    write_json(tmp_path / SOURCES, SOURCES_DOC)  # dbt source freshness writes no run_results.json
+    assert RunSummary.from_target(tmp_path) == RunSummary.from_artifacts({}, SOURCES_DOC)
+    assert RunSummary.from_target(tmp_path / "nothing_here").node_count == 0
+
+
+def test_artifact_copy_round_trip_survives_the_file(tmp_path: Path) -> None:
+    path = write_json(tmp_path / RUN_RESULTS, {**RUN_RESULTS_DOC, "blob": "x" * 3_000_000})  # several chunks
+    copy = ArtifactCopy.read(path)
+    path.unlink()  # the run dir is removed after the run; the copy must not need it
+    assert copy.exists
+    assert copy.load() == {**RUN_RESULTS_DOC, "blob": "x" * 3_000_000}
+    assert copy.load() is not copy.load(), "each load is a fresh object callers may change"
+
+
+def test_artifact_copy_is_compressed(tmp_path: Path) -> None:
+    doc = {"results": [result(f"model.p.m{i}", "success", 0.1, "OK") for i in range(2000)]}
+    path = write_json(tmp_path / RUN_RESULTS, doc)
+    copy = ArtifactCopy.read(path)
+    assert len(copy._compressed or b"") < path.stat().st_size / 5
+
+
+def test_artifact_copy_of_a_missing_file_loads_empty(tmp_path: Path) -> None:
+    copy = ArtifactCopy.read(tmp_path / RUN_RESULTS)
+    assert not copy.exists
+    assert copy.load() == {}
+
+
+def test_artifact_copy_of_a_corrupt_file_raises_on_load(tmp_path: Path) -> None:
+    path = tmp_path / RUN_RESULTS
+    path.write_bytes(b'{"results": [')
+    copy = ArtifactCopy.read(path)
+    with pytest.raises(DbtArtifactException, match="corrupt") as excinfo:
+        copy.load()
+    assert excinfo.value.artifact_path == str(path)
+
+
+def test_artifact_copy_of_an_unreadable_path(tmp_path: Path) -> None:
+    (tmp_path / RUN_RESULTS).mkdir()
+    with pytest.raises(DbtArtifactException, match="Cannot read dbt artifact"):
+        ArtifactCopy.read(tmp_path / RUN_RESULTS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summaries read from files (only the fields they need) and load_artifact's collector handling
+# ---------------------------------------------------------------------------------------------------------
+
+SUMMARY_DOC: dict[str, Any] = {
+    "metadata": {"invocation_id": "abc", "nested": {"deep": [1, 2, {"x": None}]}},
+    "results": [
+        {"unique_id": "model.p.a", "status": "success", "execution_time": 1.5, "message": 'quote " and \\ slash'},
+        {"unique_id": "model.p.b", "status": "error", "execution_time": 12345678901234567890, "message": "ünï ✓"},
+        {"unique_id": "test.p.c", "status": "fail", "execution_time": 0.25, "failures": 3, "message": None},
+    ],
+    "elapsed_time": 123456.789,
+    "empty_object": {},
+    "empty_list": [],
+    'a key with "escapes" \\ and ü': {"k\\n": [True, False, None, -1e-5]},
+    "args": {"select": ["a", "b"], "vars": {}},
+}
+
+
+@pytest.mark.parametrize("indent", [None, 2], ids=["compact", "pretty"])
+def test_from_file_equals_from_artifacts(tmp_path: Path, indent: int | None) -> None:
+    path = tmp_path / "run_results.json"
+    path.write_text(json.dumps(SUMMARY_DOC, indent=indent, ensure_ascii=False), encoding="utf-8")
+    summary = RunSummary.from_file(path)
+    assert summary == RunSummary.from_artifacts(load_artifact(path))
+    assert summary.invocation_id == "abc" and summary.elapsed == 123456.789
+    assert summary.status_counts == {"error": 1, "fail": 1, "success": 1}
+    assert [n.unique_id for n in summary.failed] == ["model.p.b", "test.p.c"]
+    assert summary.nodes[0].message == 'quote " and \\ slash' and summary.nodes[1].message == "ünï ✓"
+
+
+def test_from_file_of_sources_json_reads_error_as_the_message(tmp_path: Path) -> None:
+    path = write_json(tmp_path / SOURCES, SOURCES_DOC)
+    assert RunSummary.from_file(path) == RunSummary.from_artifacts({}, SOURCES_DOC)
+
+
+def test_missing_files_summarise_as_empty(tmp_path: Path) -> None:
+    assert RunSummary.from_file(tmp_path / "nope.json") == RunSummary()
+    assert summarize_manifest(tmp_path / "nope.json") == ManifestSummary()
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        pytest.param("", "", id="empty"),
+        pytest.param('{"results": [{"status": "success"}, {"b": 2', "", id="truncated"),
+        pytest.param('{"results": [1, 2,]}', "", id="trailing-comma"),
+        pytest.param("[1, 2]", "", id="not-an-object"),
+        pytest.param('{"a": 1} {"b": 2}', "", id="trailing-data"),
+        pytest.param('{"a": tru}', "", id="bad-literal"),
+        pytest.param('{"results": 7}', "$.results", id="results-not-a-list"),
+        pytest.param('{"results": [{"status": "pass"}, 3]}', "$.results[1]", id="result-not-an-object"),
+        pytest.param('{"metadata": "x"}', "$.metadata", id="metadata-not-an-object"),
+    ],
+)
+def test_corrupt_files_raise_with_the_path(tmp_path: Path, content: str, where: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DbtArtifactException, match="corrupt") as caught:
+        RunSummary.from_file(path)
+    assert caught.value.artifact_path == str(path)
+    assert str(path) in str(caught.value) and where in str(caught.value)
+
+
+def test_not_utf8_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"results": [{"message": "\xff\xfe"}]}')
+    with pytest.raises(DbtArtifactException, match="corrupt"):
+        RunSummary.from_file(path)
+
+
+def test_a_corrupt_manifest_raises(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST
+    path.write_text('{"nodes": {"model.p.a": {"resource_type": "model", "config": 5}}}', encoding="utf-8")
+    with pytest.raises(DbtArtifactException, match=r"corrupt.*\$\.nodes\[\.\.\.\]\.config"):
+        summarize_manifest(path)
+
+
+def test_summarize_manifest(tmp_path: Path) -> None:
+    def node(kind: str, name: str, package: str = "shop", materialized: str | None = None) -> dict[str, Any]:
+        config = {"materialized": materialized} if materialized else {}
+        return {"resource_type": kind, "package_name": package, "name": name, "config": config, "raw_code": "}]{["}
+
+    manifest = {
+        "metadata": {"project_name": "shop", "dbt_version": "1.11.16"},
+        "nodes": {
+            "model.shop.a": node("model", "a", materialized="table"),
+            "model.shop.b": node("model", "b", materialized="view"),
+            "model.utils.c": node("model", "c", package="utils", materialized="view"),
+            "test.shop.t": node("test", "t"),
+            "seed.shop.s": node("seed", "s"),
+        },
+        "sources": {"source.shop.raw.x": node("source", "x")},
+        "macros": {"macro.shop.m": {"name": "m"}, "macro.dbt.n": {"name": "n"}},
+        "exposures": {},
+        "disabled": {"model.shop.off": [node("model", "off")]},
+        "parent_map": {"model.shop.b": ["model.shop.a"]},
+    }
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    summary = summarize_manifest(path)
+    assert summary.project_name == "shop" and summary.dbt_version == "1.11.16"
+    assert summary.resource_counts == {"model": 3, "seed": 1, "source": 1, "test": 1}
+    assert summary.package_counts == {"shop": 5, "utils": 1}
+    assert summary.materializations == {"table": 1, "view": 2}
+    assert summary.macro_count == 2 and summary.disabled_count == 1
+    assert summary.node_count == 6
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_load_artifact_restores_the_collector(tmp_path: Path, enabled: bool) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(SUMMARY_DOC), encoding="utf-8")
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert load_artifact(path) == SUMMARY_DOC
+        assert gc.isenabled() is enabled
+        (tmp_path / "bad.json").write_text("{", encoding="utf-8")
+        with pytest.raises(DbtArtifactException):
+            load_artifact(tmp_path / "bad.json")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
+def test_load_artifact_still_reads_what_json_loads_reads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"a": "ü"}).encode("utf-8"))
+    assert load_artifact(path) == {"a": "ü"}
+    path.write_bytes(json.dumps({"a": 1}).encode("utf-16"))
+    assert load_artifact(path) == {"a": 1}

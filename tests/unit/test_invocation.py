@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from dlh_airflow_common.dbt import invocation as invocation_module
+from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS
 from dlh_airflow_common.dbt.invocation import (
     BASE_ENV,
+    CLI_LOG_ARGS,
     DbtInvocation,
     InvocationResult,
     _patched_environ,
@@ -224,7 +226,16 @@ def test_base_env() -> None:
     invocation = DbtInvocation(["run"], env={"EXTRA": "1"})
     assert invocation.env == {**BASE_ENV, "EXTRA": "1"}
     assert invocation.mode == "subprocess", "subprocess is the default: only it can be stopped reliably"
-    assert invocation.command_prefix == [sys.executable, "-m", "dbt.cli.main"]
+    # The dbt beside this interpreter runs through the event runner; its log flags come last so they win.
+    assert invocation.subprocess_args == [
+        sys.executable, "-m", "dlh_airflow_common.dbt.event_runner", "run", *RUNNER_LOG_ARGS
+    ]  # fmt: skip
+
+
+def test_venv_runs_its_own_dbt_cli(fake_venv: Path) -> None:
+    invocation = DbtInvocation(["run", "--select", "a"], venv_path=fake_venv)
+    assert invocation.subprocess_args == [str(fake_venv / "bin" / "dbt"), "run", "--select", "a", *CLI_LOG_ARGS]
+    assert "--log-format" in CLI_LOG_ARGS and "--log-level" not in CLI_LOG_ARGS
 
 
 def test_dispatch_line_routes_json_events_and_text() -> None:
@@ -246,11 +257,13 @@ def test_dispatch_line_routes_json_events_and_text() -> None:
 
 
 def _real_event_messages() -> list[Any]:
+    from dbt.adapters.events.types import SQLQuery
     from dbt.events.types import LogModelResult, RunResultError
     from dbt_common.events.base_types import EventLevel, msg_from_base_event
 
     node_info = {"unique_id": "model.shop.orders", "node_name": "orders"}
     return [
+        msg_from_base_event(SQLQuery(conn_name="orders", sql="select 1", node_info=node_info)),  # debug: dropped
         msg_from_base_event(
             LogModelResult(
                 description="sql table model main.orders",
@@ -489,3 +502,50 @@ def test_in_process_mode_refuses_a_venv(tmp_path: Path) -> None:
         DbtInvocation(["run"], venv_path=tmp_path, mode="in-process")
     with pytest.raises(DbtException, match="Unknown invocation mode"):
         DbtInvocation(["run"], mode="thread")  # type: ignore[arg-type]
+
+
+class FreezeProbeRunner(FakeRunner):
+    """Sends dbt's nodes-start event, then records whether the heap was frozen while dbt ran."""
+
+    frozen_during: list[int] = []
+
+    def invoke(self, args: list[str]) -> Any:
+        import gc
+
+        from dbt.events.types import ConcurrencyLine
+        from dbt_common.events.base_types import msg_from_base_event
+
+        for callback in self.callbacks:
+            callback(msg_from_base_event(ConcurrencyLine(num_threads=1, target_name="dev", node_count=1)))
+        FreezeProbeRunner.frozen_during.append(gc.get_freeze_count())
+        return SimpleNamespace(success=True, exception=None, result=None)
+
+
+def test_in_process_run_freezes_the_parsed_heap_and_unfreezes_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import dbt.cli.main
+
+    monkeypatch.setattr(dbt.cli.main, "dbtRunner", FreezeProbeRunner)
+    monkeypatch.setattr(FreezeProbeRunner, "frozen_during", [])
+    assert gc.get_freeze_count() == 0
+    assert DbtInvocation(["run"], mode="in-process").run().success
+    assert FreezeProbeRunner.frozen_during[0] > 0
+    assert gc.get_freeze_count() == 0, "the worker's heap is given back to the collector"
+
+
+def test_in_process_run_leaves_a_host_freeze_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import dbt.cli.main
+
+    monkeypatch.setattr(dbt.cli.main, "dbtRunner", FreezeProbeRunner)
+    monkeypatch.setattr(FreezeProbeRunner, "frozen_during", [])
+    gc.freeze()  # e.g. a host that froze its heap before forking workers
+    try:
+        host = gc.get_freeze_count()
+        assert DbtInvocation(["run"], mode="in-process").run().success
+        assert FreezeProbeRunner.frozen_during[0] <= host, "no second freeze on top of the host's"
+        assert gc.get_freeze_count() > 0, "the host's freeze is still in place"
+    finally:
+        gc.unfreeze()

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dlh_airflow_common.dbt import event_runner
+from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS, event_dict, freeze_parsed_heap
 from dlh_airflow_common.dbt.events import is_error_event
 from dlh_airflow_common.exceptions.dbt import DbtException
 
@@ -67,17 +69,18 @@ class InvocationResult:
         return self.return_code == 0
 
 
-# What the subprocess modes add to dbt's arguments: JSON events on stdout, a full debug log in the run dir.
-SUBPROCESS_LOG_ARGS: tuple[str, ...] = (
+# A venv's dbt is another dbt whose internals we do not assume: its CLI writes the JSON events itself.
+CLI_LOG_ARGS: tuple[str, ...] = (
     "--log-format", "json", "--log-level-file", "debug", "--log-format-file", "debug",
 )  # fmt: skip
 
 
-def dbt_command_prefix(venv_path: str | os.PathLike[str] | None) -> list[str]:
-    """How to start dbt: the venv's ``dbt``, or the dbt installed beside this interpreter."""
+def subprocess_argv(venv_path: str | os.PathLike[str] | None, argv: Sequence[str]) -> list[str]:
+    """The command line that runs ``dbt <argv>`` writing JSON events to stdout: the venv's ``dbt``, or
+    the dbt installed beside this interpreter through the event runner (no JSON for debug events)."""
     if venv_path is not None:
-        return [str(dbt_executable(venv_path))]
-    return [sys.executable, "-m", "dbt.cli.main"]
+        return [str(dbt_executable(venv_path)), *argv, *CLI_LOG_ARGS]
+    return [sys.executable, "-m", event_runner.__name__, *argv, *RUNNER_LOG_ARGS]
 
 
 def dbt_executable(venv_path: str | os.PathLike[str]) -> Path:
@@ -175,8 +178,7 @@ class DbtInvocation:
         self.argv = list(argv)
         self.env = {**BASE_ENV, **(env or {})}
         self.mode: InvocationMode = mode
-        # With no venv_path the subprocess runs the dbt installed beside this interpreter.
-        self.command_prefix = dbt_command_prefix(venv_path)
+        self.subprocess_args = subprocess_argv(venv_path, self.argv)  # checks venv_path now, not at run time
         self.on_event = on_event
         self.on_output = on_output
         self.grace_period = grace_period
@@ -201,12 +203,20 @@ class DbtInvocation:
     # -- in-process ---------------------------------------------------------------------------------
     def _run_in_process(self, timeout: float | None) -> InvocationResult:
         from dbt.cli.main import dbtRunner
-        from dbt_common.events.functions import msg_to_dict
+
+        # Freeze dbt's parsed heap for the run (see freeze_parsed_heap), unless the host process froze its
+        # own heap already: unfreezing afterwards would undo that.
+        may_freeze, froze = gc.get_freeze_count() == 0, False
 
         def callback(message: Any) -> None:
-            self._handle(msg_to_dict(message))
+            nonlocal froze
+            if may_freeze and not froze:
+                froze = freeze_parsed_heap(message)
+            event = event_dict(message)  # None for debug events: most of the stream, and nobody reads them
+            if event is not None:
+                self._handle(event)
 
-        args = [*self.argv, "--log-level", "none", "--log-level-file", "debug", "--log-format-file", "debug"]
+        args = [*self.argv, *RUNNER_LOG_ARGS]
         timer = threading.Timer(timeout, self.stop, kwargs={"reason": "timeout"}) if timeout else None
         with _IN_PROCESS_LOCK, _patched_environ(self.env):
             self._in_process_thread = threading.get_ident()
@@ -223,6 +233,8 @@ class DbtInvocation:
                 if timer is not None:
                     timer.cancel()
                 self._in_process_thread = None
+                if froze:
+                    gc.unfreeze()
                 release_adapters()
         if result.success:
             code = 0
@@ -236,7 +248,7 @@ class DbtInvocation:
 
     # -- subprocess ---------------------------------------------------------------------------------
     def _run_subprocess(self, timeout: float | None) -> InvocationResult:
-        args = [*self.command_prefix, *self.argv, *SUBPROCESS_LOG_ARGS]
+        args = self.subprocess_args
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         deadline = time.monotonic() + timeout if timeout else None
         process = subprocess.Popen(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.artifacts import RUN_RESULTS, SOURCES, RunSummary, load_artifact
+from dlh_airflow_common.dbt.artifacts import RUN_RESULTS, ArtifactCopy, RunSummary
 from dlh_airflow_common.dbt.invocation import InvocationResult
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter
@@ -21,7 +22,6 @@ class DbtTaskResult:
     success: bool
     command: str
     return_code: int
-    run_results: dict[str, Any]
     summary: RunSummary
     target_path: str
     run_dir: str
@@ -30,6 +30,13 @@ class DbtTaskResult:
     artifacts_kept: bool = False
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    run_results_copy: ArtifactCopy | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def run_results(self) -> dict[str, Any]:
+        """The run's run_results.json (``{}`` if dbt wrote none), decoded on first use: the run itself only
+        needs the streamed ``summary``, and the run dir may be gone by the time this is read."""
+        return self.run_results_copy.load() if self.run_results_copy is not None else {}
 
     def to_xcom(self, *, max_nodes: int = 20, max_message: int = 300) -> dict[str, Any]:
         """A bounded, JSON-safe summary for XCom (never a whole artifact)."""
@@ -70,8 +77,7 @@ def build_result(
 ) -> DbtTaskResult:
     """Load the run's artifacts, summarise them and turn a failure into one classified, secret-free error."""
     log_file = str(run_dir.log_path / "dbt.log")
-    run_results = load_artifact(run_dir.target_path / RUN_RESULTS)
-    summary = redactor.summary(RunSummary.from_artifacts(run_results, load_artifact(run_dir.target_path / SOURCES)))
+    summary = redactor.summary(RunSummary.from_target(run_dir.target_path))
     error: DbtException | None = None
     if outcome.stopped is not None:
         error = stopped_error(command, outcome.stopped, progress, execution_timeout, conn_id, log_file)
@@ -85,13 +91,13 @@ def build_result(
         success=outcome.success and error is None,
         command=command,
         return_code=outcome.return_code,
-        run_results=run_results,
         summary=summary,
         target_path=str(run_dir.target_path),
         run_dir=str(run_dir.path),
         elapsed_seconds=wall_seconds,
         error=error,
         artifacts_kept=artifacts_kept,
+        run_results_copy=ArtifactCopy.read(run_dir.target_path / RUN_RESULTS),
     )
 
 

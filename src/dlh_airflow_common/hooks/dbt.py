@@ -29,12 +29,11 @@ from dlh_airflow_common.dbt.invocation import (
     BASE_ENV,
     DEFAULT_GRACE_PERIOD,
     INVOCATION_MODES,
-    SUBPROCESS_LOG_ARGS,
     DbtInvocation,
     InvocationMode,
     InvocationResult,
-    dbt_command_prefix,
     dbt_executable,
+    subprocess_argv,
 )
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
@@ -219,10 +218,10 @@ class DbtHook(BaseHook):
             with self._profile(project, into=run_dir.path / DETACHED_PROFILE_DIR) as profile:
                 state_dir = Path(resume_state) if resume_state is not None else None
                 first = self._resume_command(dbt_command, state_dir, run_dir)
-                argv = [*dbt_command_prefix(self.venv_path), *self._argv(first, project, profile, run_dir)]
+                argv = subprocess_argv(self.venv_path, self._argv(first, project, profile, run_dir))
                 self._before_invocation(project, run_dir, first)
                 env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1"}
-                process = launch(run_dir.path, [*argv, *SUBPROCESS_LOG_ARGS], env, meta={"command": first.command})
+                process = launch(run_dir.path, argv, env, meta={"command": first.command})
         except BaseException:
             run_dir.cleanup()
             raise
@@ -347,10 +346,11 @@ class DbtHook(BaseHook):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = self._execute(state["command"], project, profile, run_dir, timeout=remaining)
             result.attempts = number
-            state["summary"] = result.summary = merge_summaries(state["summary"], result.summary)
             # After partial progress, only the failed and skipped nodes are run again.
-            if not result.success and result.run_results.get("results"):
+            copy = result.run_results_copy
+            if not result.success and result.summary.nodes and copy is not None and copy.exists:
                 state["command"] = retry_command
+            state["summary"] = result.summary = merge_summaries(state["summary"], result.summary)
             return result
 
         def should_retry(result: DbtTaskResult, wait: float) -> bool:

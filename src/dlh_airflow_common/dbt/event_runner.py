@@ -1,0 +1,90 @@
+"""Run dbt through its programmatic API and write its non-debug events to stdout as JSON lines.
+
+``dbt --log-format json`` turns every event into JSON, debug ones included, before its level filter
+drops them: on a 500-model build that conversion alone costs dbt about 4 % of its CPU. This runner
+checks the level first, so the subprocess mode pays no more than plain ``dbt``. It also freezes the
+heap once dbt starts running nodes (see ``freeze_parsed_heap``). Used as
+``python -m dlh_airflow_common.dbt.event_runner <dbt args>``; exit codes are the dbt CLI's
+(0 success, 1 failed nodes, 2 error). Imports nothing but the standard library until dbt runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# dbt's console logger is off (the runner writes the events); the full debug log still goes to dbt.log.
+RUNNER_LOG_ARGS: tuple[str, ...] = ("--log-level", "none", "--log-level-file", "debug", "--log-format-file", "debug")
+
+
+def event_dict(message: Any) -> dict[str, Any] | None:
+    """The dict dbt writes for ``message`` with ``--log-format json``, or None for a debug event nobody reads."""
+    if message.info.level == "debug":
+        return None
+    from dbt_common.events.functions import msg_to_dict
+
+    return msg_to_dict(message)
+
+
+# dbt fires this once its manifest and graph are built, right before the first node runs.
+NODES_START_EVENT = "ConcurrencyLine"
+
+
+def freeze_parsed_heap(message: Any) -> bool:
+    """At ``NODES_START_EVENT``, move every object alive (chiefly dbt's parsed manifest) out of the cyclic
+    garbage collector's reach; True if it did.
+
+    Without it each full collection during the run rescans the whole manifest: on a 500-model build
+    that is about 4 of dbt's 50 CPU seconds. Frozen objects are still freed by reference counting; only
+    cyclic garbage that exists at this moment stays until the process ends (or ``gc.unfreeze()``).
+    """
+    if message.info.name != NODES_START_EVENT:
+        return False
+    gc.freeze()
+    return True
+
+
+def _scrubber() -> Callable[[str], str]:
+    try:
+        from dbt_common.events.functions import env_scrubber
+    except ImportError:  # pragma: no cover - every dbt-core we support has it
+        return lambda text: text
+    return env_scrubber
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``dbt <argv>``, streaming its events; return the dbt CLI's exit code."""
+    from dbt.cli.main import dbtRunner
+
+    scrub = _scrubber()
+    lock = threading.Lock()
+    errors_reported = False
+
+    def emit(message: Any) -> None:
+        nonlocal errors_reported
+        freeze_parsed_heap(message)
+        event = event_dict(message)
+        if event is None:
+            return
+        line = scrub(json.dumps(event, default=str))
+        errors_reported = errors_reported or message.info.level == "error"
+        with lock:  # node events come from dbt's worker threads
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    result = dbtRunner(callbacks=[emit]).invoke([*argv, *RUNNER_LOG_ARGS])
+    if result.success:
+        return 0
+    if result.exception is None:
+        return 1
+    if not errors_reported:  # e.g. a bad option: dbt failed before its event logging started
+        print(f"{type(result.exception).__name__}: {result.exception}", file=sys.stderr, flush=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,95 @@
+"""The event runner against real dbt on DuckDB: the same events and exit codes as ``dbt --log-format json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlh_airflow_common.dbt.invocation import CLI_LOG_ARGS, subprocess_argv
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def profiles_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "profiles"
+    directory.mkdir()
+    (directory / "profiles.yml").write_text(
+        f"shop:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n      path: {tmp_path / 'shop.duckdb'}\n",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def _run(argv: list[str], project: Path) -> tuple[int, list[dict[str, Any]], list[str]]:
+    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_VERSION_CHECK": "false"}
+    proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False)
+    events, text = [], []
+    for line in proc.stdout.splitlines():
+        (events if line.startswith("{") else text).append(json.loads(line) if line.startswith("{") else line)
+    return proc.returncode, events, text + proc.stderr.splitlines()
+
+
+def _both(args: list[str], project: Path, profiles: Path) -> dict[str, tuple[int, list[dict[str, Any]], list[str]]]:
+    def common(name: str) -> list[str]:  # own target path each: both parse from scratch
+        return [*args, "--project-dir", str(project), "--profiles-dir", str(profiles), "--target-path", name]
+
+    cli = [sys.executable, "-m", "dbt.cli.main", *common("target_cli"), *CLI_LOG_ARGS]
+    return {"cli": _run(cli, project), "runner": _run(subprocess_argv(None, common("target_runner")), project)}
+
+
+def _kinds(events: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    return Counter((e["info"]["name"], e["info"]["level"]) for e in events)
+
+
+def _node_results(events: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        e["data"]["node_info"]["unique_id"]: e["data"]["node_info"]["node_status"]
+        for e in events
+        if e["info"]["name"] in ("LogModelResult", "LogTestResult", "LogSeedResult", "LogSnapshotResult")
+    }
+
+
+@pytest.mark.timeout(300)
+def test_build_events_match_the_dbt_cli(example_project: Path, profiles_dir: Path) -> None:
+    runs = _both(["build"], example_project, profiles_dir)
+    (cli_code, cli_events, _), (code, events, text) = runs["cli"], runs["runner"]
+
+    assert cli_code == code == 0, text
+    assert all(e["info"]["level"] != "debug" for e in cli_events + events)
+    assert _kinds(events) == _kinds(cli_events)
+    results = _node_results(events)
+    assert len(results) >= 30 and results == _node_results(cli_events)
+    assert set(results.values()) <= {"success", "pass"}
+    first = next(e for e in events if e["info"]["name"] == "LogModelResult")
+    assert set(first) == {"info", "data"} and first["info"]["invocation_id"]
+
+
+@pytest.mark.timeout(300)
+def test_failed_model_gives_the_cli_exit_code_and_error_events(example_project: Path, profiles_dir: Path) -> None:
+    (example_project / "models" / "broken.sql").write_text("select * from no_such_table_anywhere\n")
+    runs = _both(["run", "--select", "broken"], example_project, profiles_dir)
+    (cli_code, cli_events, _), (code, events, _) = runs["cli"], runs["runner"]
+
+    assert cli_code == code == 1
+    assert _kinds(events) == _kinds(cli_events)
+    errors = [e for e in events if e["info"]["name"] == "RunResultError"]
+    assert errors and "no_such_table_anywhere" in errors[0]["data"]["msg"]
+
+
+@pytest.mark.timeout(300)
+def test_bad_option_is_exit_code_2_with_a_message(example_project: Path, profiles_dir: Path) -> None:
+    runs = _both(["run", "--no-such-option"], example_project, profiles_dir)
+    (cli_code, _, cli_text), (code, events, text) = runs["cli"], runs["runner"]
+
+    assert cli_code == code == 2
+    assert events == []
+    assert any("no-such-option" in line for line in cli_text)
+    assert any("no-such-option" in line for line in text), text
