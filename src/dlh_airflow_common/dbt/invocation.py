@@ -1,7 +1,7 @@
 """One dbt execution, as a subprocess (default) or in-process (dbtRunner), with the same events.
 
-Both modes hand every event to ``on_event`` as the dict dbt writes with ``--log-format json``, so
-progress, classification and summaries never care which mode ran. Only the subprocess mode can be
+Both modes hand every non-debug event to ``on_event`` as the dict dbt writes with ``--log-format json``,
+so progress, classification and summaries never care which mode ran. Only the subprocess mode can be
 stopped reliably: SIGINT to its process group (dbt then cancels its open queries), a grace period,
 then SIGKILL. In-process dbt gets a KeyboardInterrupt, which dbt handles only between nodes' queries.
 """

@@ -35,7 +35,7 @@ class DbtTaskResult:
     @cached_property
     def run_results(self) -> dict[str, Any]:
         """The run's run_results.json (``{}`` if dbt wrote none), decoded on first use: the run itself only
-        needs the streamed ``summary``, and the run dir may be gone by the time this is read."""
+        needs ``summary``, and the run dir may be gone by the time this is read."""
         return self.run_results_copy.load() if self.run_results_copy is not None else {}
 
     def to_xcom(self, *, max_nodes: int = 20, max_message: int = 300) -> dict[str, Any]:
