@@ -456,7 +456,9 @@ def p6(bench: Bench, report: Report, run_results_source: Path, manifest_source: 
                 cpu.append(payload["cpu_seconds"])
                 growth.append(payload["peak_growth"] / size)
             what = {
-                ("run_results", "summary"): "after a run: `RunSummary` from a partial view + compressed copy (the hook's path)",
+                ("run_results", "summary"): (
+                    "after a run: `RunSummary` from a partial view + compressed copy (the hook's path)"
+                ),
                 ("manifest", "summary"): "`summarize_manifest` (partial view)",
                 ("run_results", "whole"): "whole document, `load_artifact` (`result.run_results` on first use)",
                 ("manifest", "whole"): "whole document, `load_artifact` (`get_manifest()`)",
