@@ -2,8 +2,8 @@
 
 Usage: python bench/artifact_probe.py PATH {run_results|manifest} {summary|whole|stdlib}
 
-``summary`` is what a run does: for run results, the hook's own path after dbt ends (the streamed
-``RunSummary.from_target`` plus the compressed copy behind ``DbtTaskResult.run_results``); for a
+``summary`` is what a run does: for run results, the hook's own path after dbt ends (``summarize_run``:
+the summary plus the compressed copy behind ``DbtTaskResult.run_results``); for a
 manifest, ``summarize_manifest``. ``whole`` decodes the whole document with ``load_artifact`` (what
 ``result.run_results`` and ``get_manifest()`` do when asked) and counts statuses or resource types;
 ``stdlib`` is ``json.load`` of the whole file plus the same count. Peak RSS
@@ -58,9 +58,8 @@ def main() -> None:
 
     def summary() -> Any:
         if kind == "run_results":
-            kept = artifacts.ArtifactCopy.read(path)
-            counts = artifacts.RunSummary.from_target(path.parent).status_counts
-            return {**counts, "_kept_bytes": len(kept._compressed or b"")}
+            summary, kept = artifacts.summarize_run(path.parent)
+            return {**summary.status_counts, "_kept_bytes": len(kept._compressed or b"")}
         return artifacts.summarize_manifest(path).resource_counts
 
     def stdlib() -> Any:

@@ -19,6 +19,7 @@ from dlh_airflow_common.dbt.artifacts import (
     RunSummary,
     load_artifact,
     summarize_manifest,
+    summarize_run,
 )
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
 
@@ -341,20 +342,28 @@ def test_no_artifacts_and_no_sources() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# RunSummary.from_target and ArtifactCopy (what a run's result keeps)
+# summarize_run and ArtifactCopy (what a run's result keeps)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_from_target_streams_run_results(tmp_path: Path) -> None:
+def test_summarize_run_reads_run_results_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_json(tmp_path / RUN_RESULTS, RUN_RESULTS_DOC)
     write_json(tmp_path / SOURCES, SOURCES_DOC)
-    assert RunSummary.from_target(tmp_path) == RunSummary.from_artifacts(RUN_RESULTS_DOC)
+    reads: list[str] = []
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real_read_bytes(self))
+    summary, kept = summarize_run(tmp_path)
+    assert reads == [RUN_RESULTS]
+    assert summary == RunSummary.from_artifacts(RUN_RESULTS_DOC)
+    assert kept.exists and kept.load() == RUN_RESULTS_DOC
 
 
-def test_from_target_falls_back_to_sources_json(tmp_path: Path) -> None:
+def test_summarize_run_falls_back_to_sources_json(tmp_path: Path) -> None:
     write_json(tmp_path / SOURCES, SOURCES_DOC)  # dbt source freshness writes no run_results.json
-    assert RunSummary.from_target(tmp_path) == RunSummary.from_artifacts({}, SOURCES_DOC)
-    assert RunSummary.from_target(tmp_path / "nothing_here").node_count == 0
+    summary, kept = summarize_run(tmp_path)
+    assert summary == RunSummary.from_artifacts({}, SOURCES_DOC)
+    assert not kept.exists and kept.load() == {}
+    assert summarize_run(tmp_path / "nothing_here")[0].node_count == 0
 
 
 def test_artifact_copy_round_trip_survives_the_file(tmp_path: Path) -> None:

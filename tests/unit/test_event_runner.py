@@ -15,6 +15,7 @@ import pytest
 
 from dlh_airflow_common.dbt import event_runner
 from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS, event_dict
+from fake_dbt_runner import FakeDbtRunner, install_fake_runner
 
 SECRET = "s3cr3t-Value-91"
 
@@ -41,32 +42,13 @@ def _messages() -> list[Any]:
     ]
 
 
-class FakeRunner:
-    """Replaces dbtRunner: records its args, fires the messages, returns ``outcome``."""
-
-    args: list[str] = []
-    outcome: Any = None
-    messages: list[Any] = []
-
-    def __init__(self, callbacks: list[Any] | None = None) -> None:
-        self.callbacks = callbacks or []
-
-    def invoke(self, args: list[str]) -> Any:
-        FakeRunner.args = list(args)
-        for message in FakeRunner.messages:
-            for callback in self.callbacks:
-                callback(message)
-        return FakeRunner.outcome
+FakeRunner = FakeDbtRunner
 
 
 @pytest.fixture
 def fake_runner(monkeypatch: pytest.MonkeyPatch) -> type[FakeRunner]:
-    import dbt.cli.main
-
-    monkeypatch.setattr(dbt.cli.main, "dbtRunner", FakeRunner)
-    monkeypatch.setattr(FakeRunner, "messages", _messages())
     monkeypatch.setenv("DBT_ENV_SECRET_PASSWORD", SECRET)
-    return FakeRunner
+    return install_fake_runner(monkeypatch, _messages())
 
 
 def _lines(out: str) -> list[dict[str, Any]]:
@@ -99,7 +81,7 @@ def test_main_writes_json_lines_and_returns_the_cli_exit_code(
     monkeypatch.setattr(FakeRunner, "outcome", SimpleNamespace(success=success, exception=exception))
     assert event_runner.main(["build", "--select", "orders"]) == code
 
-    assert fake_runner.args == ["build", "--select", "orders", *RUNNER_LOG_ARGS]
+    assert fake_runner.calls[-1]["args"] == ["build", "--select", "orders", *RUNNER_LOG_ARGS]
     captured = capsys.readouterr()
     events = _lines(captured.out)
     assert [e["info"]["name"] for e in events] == ["LogModelResult", "RunResultError", "LogModelResult"]

@@ -25,6 +25,7 @@ from dlh_airflow_common.dbt.invocation import (
     dbt_executable,
 )
 from dlh_airflow_common.exceptions.dbt import DbtException
+from fake_dbt_runner import FakeDbtRunner, install_fake_runner
 
 FAKE_DBT = textwrap.dedent(
     """\
@@ -279,31 +280,13 @@ def _real_event_messages() -> list[Any]:
     ]
 
 
-class FakeRunner:
-    """Replaces dbt.cli.main.dbtRunner; records the args and the environment dbt would have seen."""
-
-    calls: list[dict[str, Any]] = []
-    outcome: Any = None
-
-    def __init__(self, callbacks: list[Any] | None = None) -> None:
-        self.callbacks = callbacks or []
-
-    def invoke(self, args: list[str]) -> Any:
-        FakeRunner.calls.append({"args": list(args), "secret": os.environ.get("DBT_ENV_SECRET_PASSWORD")})
-        for message in _real_event_messages():
-            for callback in self.callbacks:
-                callback(message)
-        return FakeRunner.outcome
+FakeRunner = FakeDbtRunner
 
 
 @pytest.fixture
 def fake_runner(monkeypatch: pytest.MonkeyPatch) -> type[FakeRunner]:
-    import dbt.cli.main
-
-    monkeypatch.setattr(dbt.cli.main, "dbtRunner", FakeRunner)
-    monkeypatch.setattr(FakeRunner, "calls", [])
     monkeypatch.delenv("DBT_ENV_SECRET_PASSWORD", raising=False)
-    return FakeRunner
+    return install_fake_runner(monkeypatch, _real_event_messages())
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.artifacts import RUN_RESULTS, ArtifactCopy, RunSummary
+from dlh_airflow_common.dbt.artifacts import ArtifactCopy, RunSummary, summarize_run
 from dlh_airflow_common.dbt.invocation import InvocationResult
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter
@@ -77,7 +77,8 @@ def build_result(
 ) -> DbtTaskResult:
     """Load the run's artifacts, summarise them and turn a failure into one classified, secret-free error."""
     log_file = str(run_dir.log_path / "dbt.log")
-    summary = redactor.summary(RunSummary.from_target(run_dir.target_path))
+    summary, run_results = summarize_run(run_dir.target_path)
+    summary = redactor.summary(summary)
     error: DbtException | None = None
     if outcome.stopped is not None:
         error = stopped_error(command, outcome.stopped, progress, execution_timeout, conn_id, log_file)
@@ -97,7 +98,7 @@ def build_result(
         elapsed_seconds=wall_seconds,
         error=error,
         artifacts_kept=artifacts_kept,
-        run_results_copy=ArtifactCopy.read(run_dir.target_path / RUN_RESULTS),
+        run_results_copy=run_results,
     )
 
 
