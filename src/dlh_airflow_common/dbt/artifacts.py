@@ -201,7 +201,10 @@ def summarize_run(target_path: str | Path) -> tuple[RunSummary, ArtifactCopy]:
     raw = _read(results)
     if raw is None:
         return RunSummary.from_file(target / SOURCES), ArtifactCopy(results, None)
-    return RunSummary._from_view(_view(raw, results, _RESULTS)), ArtifactCopy(results, raw)
+    copy = ArtifactCopy(results, raw)
+    view = _view(raw, results, _RESULTS)
+    del raw  # the summary is built from the view alone: the bytes and the summary need not both stay alive
+    return RunSummary._from_view(view), copy
 
 
 @dataclass(frozen=True)
