@@ -32,6 +32,11 @@ class DbtTaskResult:
     extra: dict[str, Any] = field(default_factory=dict)
     run_results_copy: ArtifactCopy | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def wrote_node_results(self) -> bool:
+        """True when dbt wrote run_results.json with at least one node: progress ``dbt retry`` can build on."""
+        return bool(self.summary.nodes) and self.run_results_copy is not None and self.run_results_copy.exists
+
     @cached_property
     def run_results(self) -> dict[str, Any]:
         """The run's run_results.json (``{}`` if dbt wrote none), decoded on first use: the run itself only

@@ -347,8 +347,7 @@ class DbtHook(BaseHook):
             result = self._execute(state["command"], project, profile, run_dir, timeout=remaining)
             result.attempts = number
             # After partial progress, only the failed and skipped nodes are run again.
-            copy = result.run_results_copy
-            if not result.success and result.summary.nodes and copy is not None and copy.exists:
+            if not result.success and result.wrote_node_results:
                 state["command"] = retry_command
             state["summary"] = result.summary = merge_summaries(state["summary"], result.summary)
             return result
