@@ -63,6 +63,7 @@ def main() -> None:
         threads=spec.get("threads"),
         vars=spec.get("vars"),
         run_name=spec.get("run_name"),
+        raise_on_failure=False,
     )
     end, cpu_end = time.perf_counter(), cpu_seconds()
     print(

@@ -24,7 +24,7 @@ def main() -> None:
         seen["files"] = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
 
     hook = DbtHook(**spec["hook"], logger=logging.getLogger("child"))
-    result = hook.run_dbt_task(**spec["run"], post_run=record)
+    result = hook.run_dbt_task(**spec["run"], post_run=record, raise_on_failure=False)
     print(
         json.dumps(
             {

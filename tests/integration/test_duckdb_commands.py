@@ -110,7 +110,7 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
     for mode, kwargs in MODES.items():
         hook = DbtHook(example_project, conn_id=conn_id, **kwargs)
         hook.run_dbt_task("seed")
-        result = hook.run_dbt_task("build")
+        result = hook.run_dbt_task("build", raise_on_failure=False)
         assert not result.success
         assert result.error is not None
         outcomes[mode] = (
@@ -132,7 +132,7 @@ def test_keep_target_artifacts_and_getters(
 ) -> None:
     conn_id, _ = duckdb_conn
     root = tmp_path / "runs"
-    hook = DbtHook(example_project, conn_id=conn_id, target_path=root, keep_target_artifacts=True)
+    hook = DbtHook(example_project, conn_id=conn_id, run_dir_root=root, keep_target_artifacts=True)
     result = hook.run_dbt_task("seed")
     assert result.success
     assert Path(result.target_path).parent.parent == root
@@ -143,3 +143,37 @@ def test_keep_target_artifacts_and_getters(
     assert (Path(result.run_dir) / "logs" / "dbt.log").is_file()
     assert result.to_xcom()["target_path"] == result.target_path
     assert not (example_project / "target").exists(), "nothing is written into the project when a root is given"
+
+
+def test_target_path_is_dbts_target_path_and_outlives_the_run(
+    example_project: Path, duckdb_conn: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``target_path`` is dbt's --target-path: the artifacts stay there; only the run dir is removed."""
+    conn_id, _ = duckdb_conn
+    target, runs = tmp_path / "my_target", tmp_path / "runs"
+    hook = DbtHook(example_project, conn_id=conn_id, target_path=target, run_dir_root=runs)
+    result = hook.run_dbt_task("seed")
+    assert result.target_path == str(target)
+    assert not Path(result.run_dir).exists() and Path(result.run_dir).parent == runs, "the run dir is removed"
+    on_disk = json.loads((target / "run_results.json").read_text())
+    assert {r["unique_id"] for r in on_disk["results"]} == {n.unique_id for n in result.summary.nodes}
+    assert hook.get_run_results() == on_disk
+    assert "nodes" in hook.get_manifest()
+    second = hook.run_dbt_task("compile", select="stg_orders")
+    assert (target / "compiled").is_dir() and (target / "manifest.json").is_file(), "the user's path is kept"
+    assert hook.get_run_results()["metadata"]["invocation_id"] == second.summary.invocation_id
+
+
+def test_getters_return_the_last_run_after_its_run_dir_is_removed(
+    example_project: Path, duckdb_conn: tuple[str, Path]
+) -> None:
+    conn_id, _ = duckdb_conn
+    hook = DbtHook(example_project, conn_id=conn_id)
+    assert hook.get_run_results() == {}, "no run yet and nothing in <project>/target"
+    result = hook.run_dbt_task("seed")
+    assert not Path(result.run_dir).exists()
+    assert hook.get_run_results()["metadata"]["invocation_id"] == result.summary.invocation_id
+    assert "seed.shop.raw_orders" in hook.get_manifest()["nodes"]
+    assert hook.get_catalog() == {} and hook.get_sources() == {}, "dbt seed writes neither"
+    hook.run_dbt_task("docs generate")
+    assert "nodes" in hook.get_catalog(), "docs generate wrote catalog.json"

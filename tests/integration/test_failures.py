@@ -47,9 +47,12 @@ def _run(project: Path, mode: str, conn: dict[str, Any] | None, monkeypatch: pyt
     if conn is not None:
         monkeypatch.setenv("AIRFLOW_CONN_FAILCONN", json.dumps(conn))
         hook.setdefault("conn_id", "failconn")
-    result = DbtHook(project, **MODES[mode], **hook).run_dbt_task("build")
+    with pytest.raises(DbtException) as raised:  # the documented contract: a dbt failure raises
+        DbtHook(project, **MODES[mode], **hook).run_dbt_task("build")
+    result = raised.value.result
+    assert result is not None, "the failed run's result travels on the exception"
     assert not result.success
-    assert result.error is not None
+    assert result.error is raised.value
     return result
 
 
@@ -141,3 +144,39 @@ def test_postgres_failures(
     for secret in (pg_server.password, pg_server.readonly_password, "Wrong-Pw-5d1e08"):
         assert secret not in str(result.error)
         assert secret not in json.dumps(result.to_xcom())
+
+
+def test_raise_on_failure_false_returns_the_failed_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _project(tmp_path, {"first_model": GOOD_MODEL, "bad_sql": "select * from no_such_table"})
+    monkeypatch.setenv("AIRFLOW_CONN_FAILCONN", json.dumps({"conn_type": "duckdb", "host": str(tmp_path / "f.duckdb")}))
+    hook = DbtHook(project, conn_id="failconn")
+    result = hook.run_dbt_task("build", raise_on_failure=False)
+    assert not result.success
+    assert type(result.error) is DbtRuntimeException
+    assert result.error.result is result
+    assert result.error.node_id == "model.failures.bad_sql"
+    # The run dir is gone, yet the getters still give this run's artifacts.
+    assert not Path(result.run_dir).exists()
+    statuses = {r["unique_id"]: r["status"] for r in hook.get_run_results()["results"]}
+    assert statuses == {"model.failures.first_model": "success", "model.failures.bad_sql": "error"}
+    assert "model.failures.bad_sql" in hook.get_manifest()["nodes"]
+    assert hook.get_catalog() == {} and hook.get_sources() == {}, "dbt build writes neither"
+
+
+def test_documented_except_clause_catches_a_refused_connection(
+    pg_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example of docs/errors.md: ``except DbtConnectionException`` around ``dbt debug`` on a closed port."""
+    project = _project(tmp_path, {"first_model": GOOD_MODEL})
+    monkeypatch.setenv("AIRFLOW_CONN_FAILCONN", json.dumps(_pg(pg_server, port=_closed_port())))
+    hook = DbtHook(project, conn_id="failconn", retry_limit=1)
+    caught = None
+    try:
+        hook.run_dbt_task("debug")
+    except DbtConnectionException as err:
+        caught = err
+    except DbtCompilationException:  # pragma: no cover - the wrong branch
+        pytest.fail("a refused connection is not a compilation error")
+    assert caught is not None and caught.retryable
+    assert caught.result is not None and caught.result.command == "debug" and not caught.result.success
+    assert caught.conn_id == "failconn"

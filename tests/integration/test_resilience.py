@@ -90,8 +90,10 @@ def test_server_that_never_returns_fails_after_retry_limit_attempts(
     watch = _Watch()
     hook = DbtHook(fault_project, conn_id="fault_pg", retry_limit=3, retry_delay=0.5, logger=_logger("down", watch))
     started = time.monotonic()
-    result = hook.run_dbt_task("run")
-    assert not result.success
+    with pytest.raises(DbtConnectionException) as raised:
+        hook.run_dbt_task("run")
+    result = raised.value.result
+    assert result is not None and not result.success
     assert isinstance(result.error, DbtConnectionException)
     assert result.error.conn_id == "fault_pg"
     assert result.attempts == 3
@@ -137,7 +139,7 @@ def test_timeout_stops_dbt_and_cancels_its_query(
     watch = _Watch()
     hook = DbtHook(fault_project, conn_id="fault_pg", execution_timeout=12, logger=_logger("timeout", watch))
     started = time.monotonic()
-    result = hook.run_dbt_task("run")
+    result = hook.run_dbt_task("run", raise_on_failure=False)
     stopped_after = time.monotonic() - started
     assert isinstance(result.error, DbtExecutionTimeoutException)
     assert "2 of 3 nodes had succeeded" in str(result.error)

@@ -534,3 +534,19 @@ def test_load_artifact_still_reads_what_json_loads_reads(tmp_path: Path) -> None
     assert load_artifact(path) == {"a": "ü"}
     path.write_bytes(json.dumps({"a": 1}).encode("utf-16"))
     assert load_artifact(path) == {"a": 1}
+
+
+def test_kept_artifacts_outlive_their_files_and_refuse_what_was_too_large(tmp_path: Path) -> None:
+    from dlh_airflow_common.dbt.artifacts import KeptArtifacts
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": {"model.p.a": {}}}))
+    (tmp_path / "run_results.json").write_text(json.dumps({"results": []}))
+    (tmp_path / "catalog.json").write_text(json.dumps({"nodes": {}, "pad": "x" * 200}))
+    kept = KeptArtifacts.keep(tmp_path, max_bytes=100)
+    for path in tmp_path.iterdir():
+        path.unlink()
+    assert kept.load("manifest.json") == {"nodes": {"model.p.a": {}}}
+    assert kept.load("run_results.json") == {"results": []}
+    assert kept.load("sources.json") == {}, "dbt did not write it"
+    with pytest.raises(DbtArtifactException, match="catalog.json of the last run .* too large"):
+        kept.load("catalog.json")

@@ -129,3 +129,10 @@ def test_bad_hook_settings_fail_when_the_hook_is_built(kwargs: dict[str, Any], w
     with pytest.raises((ValueError, DbtException)) as info:
         DbtHook("/nonexistent", **kwargs)
     assert all(word in str(info.value) for word in words)
+
+
+def test_arguments_after_the_project_are_keyword_only(project: Path) -> None:
+    with pytest.raises(TypeError):
+        DbtHook(project, "/opt/venvs/dbt")  # type: ignore[misc]
+    hook = DbtHook(project, target_path="artifacts", run_dir_root=project / "runs")
+    assert (hook.target_path, hook.run_dir_root) == ("artifacts", str(project / "runs"))

@@ -125,6 +125,56 @@ class ArtifactCopy:
         return _parse(_text(zlib.decompress(self._compressed), self.path), self.path)
 
 
+# Beyond this a removed run's artifact is not kept in memory (a 256 MB manifest compresses to ~25 MB).
+MAX_KEPT_ARTIFACT_BYTES = 256 * 1024 * 1024
+
+
+class KeptArtifacts:
+    """A finished run's manifest, catalog, sources and run results, compressed, for after its run dir is gone.
+
+    Each file is kept up to ``max_bytes``; a larger one is remembered by size only and loading it says why.
+    """
+
+    NAMES = (MANIFEST, RUN_RESULTS, CATALOG, SOURCES)
+
+    def __init__(self, copies: Mapping[str, ArtifactCopy], too_large: Mapping[str, int]) -> None:
+        self._copies = dict(copies)
+        self._too_large = dict(too_large)
+
+    @classmethod
+    def keep(
+        cls, target_path: Path, *, run_results: ArtifactCopy | None = None, max_bytes: int = MAX_KEPT_ARTIFACT_BYTES
+    ) -> KeptArtifacts:
+        """Copy what dbt wrote into ``target_path`` (``run_results`` when the caller already holds a copy)."""
+        copies: dict[str, ArtifactCopy] = {}
+        too_large: dict[str, int] = {}
+        for name in cls.NAMES:
+            if name == RUN_RESULTS and run_results is not None:
+                copies[name] = run_results
+                continue
+            path = target_path / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue  # dbt did not write it
+            if size > max_bytes:
+                too_large[name] = size
+            else:
+                copies[name] = ArtifactCopy.read(path)
+        return cls(copies, too_large)
+
+    def load(self, name: str) -> dict[str, Any]:
+        """The artifact as it was when the run ended; ``{}`` when dbt did not write it."""
+        if name in self._too_large:
+            raise DbtArtifactException(
+                f"{name} of the last run ({self._too_large[name] / 1e6:.0f} MB) was too large to keep in memory "
+                "after its run dir was removed; pass target_path= or keep_target_artifacts=True to read it.",
+                artifact_path=name,
+            )
+        copy = self._copies.get(name)
+        return copy.load() if copy is not None else {}
+
+
 # -- summaries: typed partial views decoded by msgspec (what Airflow itself uses for its messages) ------
 # Only the fields a summary reads are declared; msgspec skips everything else at C speed without building
 # objects for it, so a summary costs about the file's bytes in memory and a fraction of a full decode.

@@ -40,13 +40,14 @@ _MARKER = "resume.json"
 STATE_SUBDIR = "previous_state"
 
 
-def restore(state_dir: Path, run_dir: Path) -> ResumeHow | None:
+def restore(state_dir: Path, run_dir: Path, target_path: Path | None = None) -> ResumeHow | None:
     """Stage the saved run for this run dir and say how to resume it, or None when there is nothing usable.
 
     A run that ended on its own lists every selected node, so ``dbt retry`` (which re-runs the failed
     and skipped ones) is exact. A stopped run never reported the nodes it had not reached, so it is
     resumed by running the original command again without the nodes that succeeded
-    (``--exclude result:success --state ...``).
+    (``--exclude result:success --state ...``). ``target_path`` is dbt's target path when it is not the
+    run dir's own ``target``.
     """
     source = state_dir / RUN_RESULTS
     try:
@@ -57,7 +58,7 @@ def restore(state_dir: Path, run_dir: Path) -> ResumeHow | None:
     if not isinstance(content, dict) or not content.get("results") or not isinstance(marker, dict):
         return None
     if marker.get("complete"):
-        shutil.copyfile(source, run_dir / "target" / RUN_RESULTS)
+        shutil.copyfile(source, (target_path or run_dir / "target") / RUN_RESULTS)
         return "retry"
     staged = run_dir / STATE_SUBDIR
     staged.mkdir(exist_ok=True)

@@ -64,10 +64,15 @@ def private_temp_root() -> Path:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one isolated run; ``fallback`` is true when the project's target dir was not writable."""
+    """Paths of one isolated run; ``fallback`` is true when the project's target dir was not writable.
+
+    dbt's target path is ``<path>/target`` unless ``target`` names the user's own target path, which
+    lives outside the run dir and so outlives it.
+    """
 
     path: Path
     fallback: bool = False
+    target: Path | None = None
 
     @property
     def name(self) -> str:
@@ -75,7 +80,7 @@ class RunDir:
 
     @property
     def target_path(self) -> Path:
-        return self.path / "target"
+        return self.target if self.target is not None else self.path / "target"
 
     @property
     def log_path(self) -> Path:

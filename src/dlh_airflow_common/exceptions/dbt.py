@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:  # Airflow >= 3.1 exposes the base class through the task SDK.
     from airflow.sdk.exceptions import AirflowException
@@ -16,6 +16,9 @@ except ImportError:  # pragma: no cover - Airflow 3.0
     from airflow.exceptions import AirflowException  # type: ignore[attr-defined,no-redef]
 
 from dlh_airflow_common.dbt.events import is_error_event
+
+if TYPE_CHECKING:
+    from dlh_airflow_common.dbt.result import DbtTaskResult
 
 __all__ = [
     "DbtArtifactException",
@@ -30,9 +33,14 @@ __all__ = [
 
 
 class DbtException(AirflowException):
-    """Base of every dbt failure raised by this package; ``retryable`` says whether trying again can help."""
+    """Base of every dbt failure raised by this package; ``retryable`` says whether trying again can help.
+
+    A failure of a dbt run carries that run's ``DbtTaskResult`` as ``result`` (summary, node results, run
+    dir), so code that catches the exception loses nothing; errors raised before dbt ran have ``None``.
+    """
 
     retryable: bool = False
+    result: DbtTaskResult | None = None
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from dlh_airflow_common.dbt.artifacts import (
     MANIFEST,
     RUN_RESULTS,
     SOURCES,
+    KeptArtifacts,
     load_artifact,
 )
 from dlh_airflow_common.dbt.command import DbtCommand
@@ -63,7 +64,38 @@ def _cancelled_outcome() -> InvocationResult:
 
 
 class DbtHook(BaseHook):
-    """Runs dbt commands for one project with a profile built from an Airflow connection (or your own)."""
+    """Runs dbt commands for one project with a profile built from an Airflow connection (or your own).
+
+    Each run gets its own run dir (dbt's log path, the generated profile and, unless ``target_path`` is
+    given, dbt's target path), removed afterwards unless ``keep_target_artifacts``. A dbt failure raises
+    the matching ``DbtException`` subclass with the run's ``DbtTaskResult`` as ``exc.result``.
+
+    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``).
+    :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs instead of the one beside Airflow.
+    :param conn_id: Airflow connection rendered into a generated profile; secrets only reach dbt's
+        environment. Leave unset to use ``profiles_dir`` or the project's own ``profiles.yml``.
+    :param target: dbt target to select (default ``airflow`` for a generated profile).
+    :param profiles_dir: A directory holding your own ``profiles.yml`` (not with ``conn_id``).
+    :param env_vars: Extra environment variables for dbt (``env_var()`` in the project).
+    :param target_path: dbt's ``--target-path`` for this hook's runs (relative paths are relative to the
+        project, as in dbt): artifacts stay there after the run and the hook never deletes it. Concurrent
+        runs sharing it share their artifacts. Default: the run dir's own ``target``, removed with it.
+    :param run_dir_root: Where run dirs are created (default ``<project>/target``, or a private temp dir
+        when that is read-only).
+    :param retry_limit: Attempts of a command within one call when dbt fails transiently (1 = no retry).
+    :param retry_delay: Seconds before the first in-call retry; doubles each time.
+    :param schema_override: Schema (dataset) that replaces the connection's or profile's schema.
+    :param keep_target_artifacts: Keep each run dir after the run (its artifacts and ``dbt.log``).
+    :param ascii_only: Strip characters outside ASCII from the lines this hook logs.
+    :param invocation_mode: ``subprocess`` (default, stoppable) or ``in-process`` (dbtRunner in this process).
+    :param execution_timeout: Seconds after which dbt is stopped and ``DbtExecutionTimeoutException`` raised.
+    :param grace_period: Seconds dbt gets after SIGINT to cancel its queries before SIGKILL.
+    :param logger: Where progress and summaries are logged (the operator passes its task logger).
+    :param partial_parse_cache: Seed each run with the last good ``partial_parse.msgpack`` of the same
+        project, dbt version, target and vars.
+    :param deps_cache: Install ``packages.yml`` packages once per lock and share them between runs.
+    :param cache_dir: Where those caches live (default ``<run dir root>/.dlh_cache``).
+    """
 
     conn_name_attr = "conn_id"
     default_conn_name = "dbt_default"
@@ -73,15 +105,16 @@ class DbtHook(BaseHook):
     def __init__(
         self,
         dbt_project_dir: str | os.PathLike[str],
+        *,
         venv_path: str | os.PathLike[str] | None = None,
         conn_id: str | None = None,
         target: str | None = None,
         profiles_dir: str | os.PathLike[str] | None = None,
         env_vars: Mapping[str, str] | None = None,
         target_path: str | os.PathLike[str] | None = None,
+        run_dir_root: str | os.PathLike[str] | None = None,
         retry_limit: int = 3,
         retry_delay: float = 1,
-        *,
         schema_override: str | None = None,
         keep_target_artifacts: bool = False,
         ascii_only: bool = True,
@@ -101,6 +134,7 @@ class DbtHook(BaseHook):
         self.profiles_dir = str(profiles_dir) if profiles_dir else None
         self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
         self.target_path = str(target_path) if target_path else None
+        self.run_dir_root = str(run_dir_root) if run_dir_root else None
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
         RetryPolicy(retry_limit, retry_delay)  # refuse bad values when the hook is built
@@ -124,6 +158,7 @@ class DbtHook(BaseHook):
         self.deps_cache = deps_cache
         self.cache_dir = str(cache_dir) if cache_dir else None
         self._parse_seed: Any = None
+        self._last_artifacts: KeptArtifacts | None = None
 
     @property
     def run_log(self) -> Any:
@@ -161,14 +196,31 @@ class DbtHook(BaseHook):
         run_name: str | None = None,
         resume_state: str | os.PathLike[str] | None = None,
         post_run: Callable[[DbtTaskResult], None] | None = None,
+        raise_on_failure: bool = True,
     ) -> DbtTaskResult:
-        """Run one dbt command in its own run dir; dbt failures come back classified in ``result.error``.
+        """Run one dbt command in its own run dir and return its result; a dbt failure raises.
 
         Bad input (unknown command, missing project, broken connection definition) raises before anything
         is written. Transient failures are retried (``retry_limit``, ``retry_delay``); after partial
-        progress the retry is ``dbt retry``. With ``resume_state`` a previous try's failed run is resumed
-        with ``dbt retry`` and this run's state is kept there until the command succeeds. ``post_run`` is
-        called with the result while the run dir still exists (uploads, lineage).
+        progress the retry is ``dbt retry``. A failure that remains raises its ``DbtException`` subclass,
+        with the result as ``exc.result``.
+
+        :param command: The dbt command (``build``, ``run``, ``test``, ``seed``, ``source freshness``...).
+        :param select: ``--select``: one selection string or a list of them.
+        :param exclude: ``--exclude``: one selection string or a list of them.
+        :param selector: ``--selector``: a selector defined in the project's ``selectors.yml``.
+        :param vars: ``--vars``: a mapping (sent as JSON) or a YAML/JSON string.
+        :param full_refresh: ``--full-refresh`` (commands that take it).
+        :param threads: ``--threads``.
+        :param fail_fast: ``--fail-fast``.
+        :param extra_args: More dbt arguments, checked like the others (no shell is involved).
+        :param macro_args: ``--args`` of ``run-operation``.
+        :param run_name: Name of the run dir (the operator derives it from the task instance).
+        :param resume_state: Where a previous try's failed run is kept: that run is resumed with
+            ``dbt retry``, and this run's state is kept there until the command succeeds.
+        :param post_run: Called with the result while the run dir still exists (uploads, lineage).
+        :param raise_on_failure: ``False`` returns a failed result (``result.error`` holds the exception)
+            instead of raising it.
         """
         project, dbt_command = self._prepare(
             command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
@@ -176,6 +228,7 @@ class DbtHook(BaseHook):
         )  # fmt: skip
         policy = RetryPolicy(self.retry_limit, self.retry_delay)
         self._cancelled.clear()
+        result: DbtTaskResult | None = None
         with self._profile(project) as profile:
             run_dir = self._new_run_dir(project, run_name)
             try:
@@ -184,9 +237,9 @@ class DbtHook(BaseHook):
                 result = self._run_attempts(first, dbt_command, project, profile, run_dir, policy)
                 stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
                 self._conclude(result, run_dir, state_dir, post_run, stopped=stopped)
-                return result
             finally:
-                self._release(run_dir)
+                self._release(run_dir, result)
+        return _raise_or_return(result, raise_on_failure)
 
     def start_detached(
         self,
@@ -205,9 +258,10 @@ class DbtHook(BaseHook):
     ) -> DetachedProcess:
         """Start dbt so that it outlives this process (deferrable tasks); ``finish_detached`` collects it.
 
+        Raises like ``run_dbt_task`` on bad input, and ``DbtException`` when the runner does not start.
         The generated profile lives in the run dir (only ``env_var`` references; secrets stay in dbt's
         environment) and goes with it. No in-try retries here: Airflow's retries and
-        ``retry_from_failure`` cover a failed detached run.
+        ``retry_from_failure`` cover a failed detached run. The arguments are ``run_dbt_task``'s.
         """
         project, dbt_command = self._prepare(
             command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
@@ -235,10 +289,19 @@ class DbtHook(BaseHook):
         *,
         resume_state: str | os.PathLike[str] | None = None,
         post_run: Callable[[DbtTaskResult], None] | None = None,
+        raise_on_failure: bool = True,
     ) -> DbtTaskResult:
-        """Collect a detached run from its run dir: same summary, error types and clean-up as a sync run."""
-        run_dir = RunDir(Path(str(event["run_dir"])))
+        """Collect a detached run from its run dir: same summary, error types and clean-up as a sync run.
+
+        :param event: The trigger's event (``DbtExecutionTrigger``): its status and the run dir.
+        :param resume_state: As for ``run_dbt_task``: where this task keeps its state for the next try.
+        :param post_run: Called with the result while the run dir still exists (uploads, lineage).
+        :param raise_on_failure: ``False`` returns a failed result instead of raising its exception.
+        """
+        run_dir = RunDir(Path(str(event["run_dir"])), target=self._user_target(Path(self.dbt_project_dir)))
         self.last_target_path = str(run_dir.target_path)
+        self._last_artifacts = None
+        result: DbtTaskResult | None = None
         if event.get("stopped") is not False:  # dbt has ended: its generated profile is not needed any more
             shutil.rmtree(run_dir.path / DETACHED_PROFILE_DIR, ignore_errors=True)
         try:
@@ -261,13 +324,13 @@ class DbtHook(BaseHook):
             self._log_summary(result, command, run_dir)
             state_dir = Path(resume_state) if resume_state is not None else None
             self._conclude(result, run_dir, state_dir, post_run, stopped=kind in ("timeout", "killed", "lost"))
-            return result
         finally:
             if event.get("stopped") is False:  # dbt may still be running on another host: leave its files
                 self.run_log.warning("Keeping %s: dbt could not be stopped from this host", run_dir.path)
                 self.invocation = None
             else:
-                self._release(run_dir)
+                self._release(run_dir, result)
+        return _raise_or_return(result, raise_on_failure)
 
     def _prepare(self, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
         """Check everything that can be checked before anything is written."""
@@ -277,11 +340,24 @@ class DbtHook(BaseHook):
         return project, DbtCommand(command=command, **options)
 
     def _new_run_dir(self, project: DbtProject, run_name: str | None) -> RunDir:
-        run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.target_path)
+        run_dir = create_run_dir(run_name or run_dir_name("adhoc", "dbt", 1), project.path, root=self.run_dir_root)
         if run_dir.fallback:
             self.run_log.info("Project dir is read-only; dbt target and logs go to %s", run_dir.path)
+        target = self._user_target(project.path)
+        if target is not None:
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                run_dir.cleanup()
+                raise DbtException(f"target_path {target} cannot be created: {err.strerror or err}.") from None
+            run_dir = dataclasses.replace(run_dir, target=target)
         self.last_target_path = str(run_dir.target_path)
+        self._last_artifacts = None
         return run_dir
+
+    def _user_target(self, project_dir: Path) -> Path | None:
+        """The user's ``target_path``, resolved as dbt does (relative to the project); None for the run dir's."""
+        return project_dir / self.target_path if self.target_path else None
 
     def _conclude(
         self,
@@ -301,12 +377,19 @@ class DbtHook(BaseHook):
         if post_run is not None:
             post_run(result)
 
-    def _release(self, run_dir: RunDir) -> None:
+    def _release(self, run_dir: RunDir, result: DbtTaskResult | None) -> None:
+        """Remove the run dir unless it is kept; the getters then read the artifacts kept in memory."""
         self.invocation = None
         if self.keep_target_artifacts:
             self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
-        elif run_dir.cleanup():
+            return
+        if run_dir.target is not None:  # the user's target_path is never removed: the getters read it there
+            run_dir.cleanup()
+            return
+        kept = KeptArtifacts.keep(run_dir.target_path, run_results=result.run_results_copy if result else None)
+        if run_dir.cleanup():
             self.last_target_path = None
+            self._last_artifacts = kept
 
     def cancel(self) -> None:
         """Stop the running dbt (graceful, see ``grace_period``) and any pending retry; safe to call anytime."""
@@ -319,7 +402,7 @@ class DbtHook(BaseHook):
         """The command a resumed try starts with: ``dbt retry``, the command minus finished nodes, or itself."""
         if state_dir is None:
             return command
-        how = retry_state.restore(state_dir, run_dir.path)
+        how = retry_state.restore(state_dir, run_dir.path, run_dir.target_path)
         if how == "retry":
             self.run_log.info("Resuming the previous try's failed and skipped nodes with dbt retry")
             return _retry_command(command)
@@ -493,24 +576,30 @@ class DbtHook(BaseHook):
             self.run_log.warning("Could not publish the partial parse to the cache: %s", err)
 
     # -- artifacts ---------------------------------------------------------------------------------
-    def _artifacts_dir(self) -> Path:
+    def _artifact(self, name: str) -> dict[str, Any]:
+        """The last run's artifact: from its target path while it exists, else the copy kept in memory."""
+        if self._last_artifacts is not None:
+            return self._last_artifacts.load(name)
         if self.last_target_path:
-            return Path(self.last_target_path)
-        if self.target_path:
-            return Path(self.target_path)
-        return Path(self.dbt_project_dir) / "target"
+            return load_artifact(Path(self.last_target_path) / name)
+        project = Path(self.dbt_project_dir)
+        return load_artifact((self._user_target(project) or project / "target") / name)
 
     def get_manifest(self) -> dict[str, Any]:
-        return load_artifact(self._artifacts_dir() / MANIFEST)
+        """The last run's manifest.json (before any run: the one in the target path); ``{}`` if none."""
+        return self._artifact(MANIFEST)
 
     def get_run_results(self) -> dict[str, Any]:
-        return load_artifact(self._artifacts_dir() / RUN_RESULTS)
+        """The last run's run_results.json; ``{}`` if dbt wrote none."""
+        return self._artifact(RUN_RESULTS)
 
     def get_catalog(self) -> dict[str, Any]:
-        return load_artifact(self._artifacts_dir() / CATALOG)
+        """The last run's catalog.json (``docs generate``); ``{}`` if dbt wrote none."""
+        return self._artifact(CATALOG)
 
     def get_sources(self) -> dict[str, Any]:
-        return load_artifact(self._artifacts_dir() / SOURCES)
+        """The last run's sources.json (``source freshness``); ``{}`` if dbt wrote none."""
+        return self._artifact(SOURCES)
 
     # -- Airflow connection form -------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
@@ -538,13 +627,23 @@ class DbtHook(BaseHook):
                     partial_parse_cache=False,
                     deps_cache=False,
                 )
-                result = probe.run_dbt_task("debug", extra_args=["--connection"])
+                result = probe.run_dbt_task("debug", extra_args=["--connection"], raise_on_failure=False)
         except Exception as err:  # the Test button shows the message; it must never raise or leak
             return False, _masked(f"{type(err).__name__}: {err}", secrets)
         if result.success:
             return True, f"dbt debug --connection succeeded for connection {self.conn_id!r}."
         detail = output.failure_detail() or (str(result.error) if result.error else f"exit code {result.return_code}")
         return False, _masked(f"dbt debug --connection failed: {detail}", secrets)
+
+
+def _raise_or_return(result: DbtTaskResult | None, raise_on_failure: bool) -> DbtTaskResult:
+    """The documented contract: a failed run raises its typed error, carrying the result with it."""
+    assert result is not None  # only None when the run itself raised
+    if result.error is not None:
+        result.error.result = result
+        if raise_on_failure:
+            raise result.error
+    return result
 
 
 _CONNECTION_TEST_PROJECT = "name: dlh_connection_test\nversion: '1.0'\nprofile: dlh_connection_test\n"

@@ -47,6 +47,52 @@ class DbtOperator(BaseOperator):
     or from ``profiles_dir``. Each try runs in its own directory, so concurrent tasks never share
     artifacts. The summary is pushed to XCom (key ``dbt_summary`` and, on success, the return value)
     and a failure raises the matching ``DbtException`` subclass.
+
+    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``). Templated.
+    :param dbt_command: The dbt command, e.g. ``build``, ``run``, ``seed``, ``source freshness``,
+        ``docs generate``. Templated.
+    :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs, with its own dbt version and adapters.
+    :param conn_id: Airflow connection rendered into a generated dbt profile (secrets only in dbt's
+        environment). Leave unset to use ``profiles_dir`` or the project's own ``profiles.yml``.
+    :param target: dbt target to select (default ``airflow`` for a generated profile). Templated.
+    :param profiles_dir: A directory holding your own ``profiles.yml`` (not with ``conn_id``). Templated.
+    :param dbt_models: ``--select``: one selection string or a list. Templated.
+    :param exclude: ``--exclude``: one selection string or a list. Templated.
+    :param selector: ``--selector`` from the project's ``selectors.yml``. Templated.
+    :param dbt_vars: ``--vars``: a mapping (sent as JSON) or a YAML/JSON string. Templated.
+    :param full_refresh: ``--full-refresh``.
+    :param threads: ``--threads``.
+    :param fail_fast: ``--fail-fast``.
+    :param env_vars: Extra environment variables for dbt (``env_var()`` in the project). Templated.
+    :param schema_override: Schema that replaces the connection's or profile's schema. Templated.
+    :param keep_target_artifacts: Keep the try's run dir (artifacts, ``dbt.log``); its path goes to XCom.
+    :param dbt_args: More dbt arguments, checked like the others (no shell is involved).
+    :param run_dir_root: Where each try's run dir is created (default ``<project>/target``; a private temp
+        dir when that is read-only). Retry state for ``retry_from_failure`` lives beside the run dirs.
+    :param invocation_mode: ``subprocess`` (default, stoppable) or ``in-process`` (dbtRunner in the task).
+    :param retry_limit: Attempts within one try when dbt fails transiently (1 = none).
+    :param transient_retry_delay: Seconds before the first in-try retry; doubles each time.
+    :param retry_from_failure: Make Airflow's next try resume this try's failed run (``dbt retry``).
+    :param kill_grace_period: Seconds dbt gets after SIGINT (kill, timeout) to cancel its queries.
+    :param execution_timeout: Seconds or a timedelta: dbt is stopped gracefully and
+        ``DbtExecutionTimeoutException`` raised; Airflow's own timeout backs it up.
+    :param deferrable: Run dbt detached and free the worker slot while ``DbtExecutionTrigger`` watches it.
+    :param check_interval: Seconds between the trigger's looks at a deferred run.
+    :param dbt_docs_url: Base URL of your dbt docs site: the "dbt Docs" link deep-links to the first model
+        the run built (default: the docs this task published, if any).
+    :param artifacts_url: Base URL under which the artifact destination is browsable: the "dbt Artifacts"
+        link points at this try's folder.
+    :param upload_artifacts: Upload the try's artifacts (also on failure) through ``ObjectStoragePath``.
+    :param artifacts_conn_id: Connection for the artifact destination (S3, GCS, Azure).
+    :param artifacts_bucket: A bare bucket name instead of ``artifacts_destination``; the scheme comes from
+        the ``artifacts_conn_id`` connection type.
+    :param artifacts_destination: Where artifacts go: an ``ObjectStoragePath`` URL or a local path.
+    :param artifacts_compiled_sql: Upload the compiled SQL as well.
+    :param artifacts_gzip: Gzip uploaded JSON artifacts.
+    :param artifacts_strict: Fail the task when the upload fails (default: a warning).
+    :param publish_docs: With ``docs generate``: write the static docs page and publish it with the
+        artifacts (implies ``upload_artifacts``).
+    :param kwargs: Every ``BaseOperator`` argument (``retries``, ``retry_delay``, ``pool``, ...).
     """
 
     template_fields: Sequence[str] = (
@@ -159,7 +205,7 @@ class DbtOperator(BaseOperator):
             target=self.target,
             profiles_dir=self.profiles_dir,
             env_vars=self.env_vars,
-            target_path=self.run_dir_root,
+            run_dir_root=self.run_dir_root,
             schema_override=self.schema_override,
             keep_target_artifacts=self.keep_target_artifacts,
             retry_limit=self.retry_limit,
@@ -177,7 +223,9 @@ class DbtOperator(BaseOperator):
         if self.deferrable:
             return self._execute_deferrable(context, run_name)
         result = self.hook.run_dbt_task(
-            **self._command_options(context, run_name), post_run=lambda result: self._after_run(context, result)
+            **self._command_options(context, run_name),
+            post_run=lambda result: self._after_run(context, result),
+            raise_on_failure=False,  # the summary goes to XCom first; _finish raises
         )
         return self._finish(context, result)
 
@@ -223,6 +271,7 @@ class DbtOperator(BaseOperator):
             event,
             resume_state=self._resume_state(context) if self.retry_from_failure else None,
             post_run=lambda result: self._after_run(context, result),
+            raise_on_failure=False,
         )
         return self._finish(context, result)
 
