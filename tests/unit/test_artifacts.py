@@ -548,5 +548,5 @@ def test_kept_artifacts_outlive_their_files_and_refuse_what_was_too_large(tmp_pa
     assert kept.load("manifest.json") == {"nodes": {"model.p.a": {}}}
     assert kept.load("run_results.json") == {"results": []}
     assert kept.load("sources.json") == {}, "dbt did not write it"
-    with pytest.raises(DbtArtifactException, match="catalog.json of the last run .* too large"):
+    with pytest.raises(DbtArtifactException, match=r"catalog\.json of the last run .* too large"):
         kept.load("catalog.json")

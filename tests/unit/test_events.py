@@ -25,7 +25,7 @@ def _event(name: str, level: str = "info", **data: Any) -> dict[str, Any]:
         (_event("LogModelResult", status="success", index=1), False),
         (_event("DebugCmdOut", msg="  Connection test: [ERROR]"), False),
         (_event("DebugCmdResult", msg="\x1b[31m1 check failed:\x1b[0m"), True),
-        (_event("DebugCmdResult", msg='connection to server at "127.0.0.1", port 1 failed: Connection refused\n'), True),
+        (_event("DebugCmdResult", msg="connection to server at 127.0.0.1 failed: Connection refused\n"), True),
         (_event("DebugCmdResult", msg="\x1b[32mAll checks passed!\x1b[0m"), False),
         (_event("DebugCmdResult", msg=" - git [\x1b[32mOK found\x1b[0m]\n"), False),
     ],
