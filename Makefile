@@ -33,9 +33,10 @@ typecheck: install
 bench: install
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
-lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^dlh-airflow-common' > requirements/constraints.txt
+# Regenerate the lock after changing dependencies in pyproject.toml: resolves the declared extras in a fresh
+# throwaway venv (never .venv), constrained by the current lock; `make lock LOCK_ARGS=--upgrade` drops the pins.
+lock:
+	bash scripts/lock.sh $(PYTHON) $(EXTRAS) $(LOCK_ARGS)
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache
