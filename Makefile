@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := adapters,s3,openlineage,statsd,dev
+# Debian packages the tests need, as CHECK_PATH:PACKAGE (scripts/system_packages.sh installs them as root).
+TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15
 
-.PHONY: install demo test lint typecheck lock clean bench
+.PHONY: install system-packages demo test lint typecheck lock clean bench
 
 install: $(STAMP)
 
@@ -15,10 +17,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+system-packages:
+	@bash scripts/system_packages.sh $(TEST_SYSTEM_PACKAGES)
+
 demo: install
 	@bash examples/demo.sh
 
-test: install
+test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -33,9 +38,10 @@ typecheck: install
 bench: install
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
-lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^dlh-airflow-common' > requirements/constraints.txt
+# Regenerate the lock after changing dependencies in pyproject.toml: resolves the declared extras in a fresh
+# throwaway venv (never .venv), constrained by the current lock; `make lock LOCK_ARGS=--upgrade` drops the pins.
+lock:
+	bash scripts/lock.sh $(PYTHON) $(EXTRAS) $(LOCK_ARGS)
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache
