@@ -149,6 +149,49 @@ def test_timeout_stops_dbt_and_cancels_its_query(
     print(f"\ntimeout: 12s limit, dbt stopped and the task returned after {stopped_after:.2f}s")
 
 
+class _Records(logging.Handler):
+    """Keeps (level, message) of every record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.getMessage()))
+
+
+def test_stopped_run_warns_once_and_counts_the_interrupted_node(
+    fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while model c runs: c is in the summary although dbt's run_results.json lacks it, and dbt's
+    KeyboardInterrupt traceback stays out of the task log's warnings and errors."""
+    monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
+    sql(pg_server, f"update {AUDIT}.control set seconds = 600")
+    seen = _Records()
+    hook = DbtHook(fault_project, conn_id="fault_pg", logger=_logger("stopped", seen))
+
+    def stop_while_c_sleeps() -> None:
+        wait_for(lambda: sleeping_queries(pg_server) > 0, 180, "model c to start sleeping")
+        hook.cancel()
+
+    stopper = threading.Thread(target=stop_while_c_sleeps, daemon=True)
+    stopper.start()
+    result = hook.run_dbt_task("run")
+    stopper.join(timeout=5)
+
+    assert "was stopped because the task was killed; 2 of 3 nodes had succeeded" in str(result.error)
+    written = [r["unique_id"] for r in result.run_results.get("results", [])]
+    assert "model.faults.c" not in written, "dbt did not record the node it was running"
+    assert result.summary.node_count == 3
+    assert [(n.unique_id, n.status) for n in result.summary.failed] == [("model.faults.c", "error")]
+    loud = [(level, line) for level, line in seen.records if level >= logging.WARNING]
+    assert [line for _, line in loud if "was stopped" in line] == [str(result.error)], "one warning says it"
+    assert not [line for _, line in loud if "Traceback" in line or "KeyboardInterrupt" in line], loud
+    assert not [line for _, line in loud if "Encountered an error" in line], loud
+    assert any(level == logging.ERROR and "ERROR model.faults.c" in line for level, line in loud)
+    assert sleeping_queries(pg_server) == 0
+
+
 ON_KILL_DAG = textwrap.dedent(
     """
     from datetime import datetime, timedelta

@@ -169,4 +169,24 @@ def test_main_freezes_the_heap_when_nodes_start(
     monkeypatch.setattr(dbt.cli.main, "dbtRunner", Recording)
     assert event_runner.main(["run"]) == 0
     assert seen[0] == 0 and seen[1] > 0 and seen[2] > 0
+    assert gc.get_freeze_count() == 0, "unfrozen after the run, so the exit's collection frees dbt's cycles"
     assert [json.loads(line)["info"]["name"] for line in capsys.readouterr().out.splitlines()] == ["ConcurrencyLine"]
+
+
+def test_main_unfreezes_when_dbt_raises(
+    fake_runner: type[FakeRunner], monkeypatch: pytest.MonkeyPatch, unfrozen: None
+) -> None:
+    import gc
+
+    import dbt.cli.main
+
+    class Interrupted(FakeRunner):
+        def invoke(self, args: list[str]) -> Any:
+            for callback in self.callbacks:
+                callback(_nodes_start())
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dbt.cli.main, "dbtRunner", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        event_runner.main(["run"])
+    assert gc.get_freeze_count() == 0

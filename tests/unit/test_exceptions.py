@@ -151,6 +151,18 @@ def test_pickle_round_trip(cls: type[DbtException]) -> None:
     )
 
 
+def test_repr_names_the_node_when_set() -> None:
+    err = DbtRuntimeException("boom", node_id="model.shop.x", conn_id="c")
+    assert repr(err) == "DbtRuntimeException('boom', node_id='model.shop.x')"
+    err.message = "dbt run failed in model.shop.x: boom."  # failure_message rewrites it after classification
+    assert repr(err) == "DbtRuntimeException('dbt run failed in model.shop.x: boom.', node_id='model.shop.x')"
+    assert repr(pickle.loads(pickle.dumps(err))) == repr(err)
+
+
+def test_repr_without_node_is_the_message_alone() -> None:
+    assert repr(DbtConnectionException("refused")) == "DbtConnectionException('refused')"
+
+
 def test_pickle_round_trip_keeps_default_retryable() -> None:
     copy = pickle.loads(pickle.dumps(DbtConnectionException("refused")))
     assert copy.retryable is True

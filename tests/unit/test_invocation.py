@@ -252,6 +252,44 @@ def test_dispatch_line_routes_json_events_and_text() -> None:
     assert output == ["text line", "[1, 2]", '{"x": 1}']
 
 
+def _interrupted_events() -> list[dict[str, Any]]:
+    """What dbt logs when SIGINT ends it while a node runs, in order (real names, levels and shapes)."""
+    return [
+        {"info": {"name": "LogCancelLine", "level": "error", "msg": "CANCEL query model.shop.slow"}, "data": {}},
+        {"info": {"name": "LogModelResult", "level": "error", "msg": "1 of 1 ERROR"},
+         "data": {"index": 1, "total": 1, "status": "error", "node_info": {"unique_id": "model.shop.slow"}}},
+        {"info": {"name": "EndOfRunSummary", "level": "info", "msg": "Exited because of keyboard interrupt"},
+         "data": {"keyboard_interrupt": True}},
+        {"info": {"name": "MainEncounteredError", "level": "error", "msg": "Encountered an error:\n"},
+         "data": {"exc": ""}},
+        {"info": {"name": "MainStackTrace", "level": "error", "msg": "Traceback (most recent call last):\n..."},
+         "data": {"stack_trace": "Traceback (most recent call last):\n...KeyboardInterrupt"}},
+    ]  # fmt: skip
+
+
+def test_after_a_stop_the_interrupt_traceback_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[dict[str, Any]] = []
+    invocation = DbtInvocation(["run"], on_event=events.append, on_output=lambda _: None)
+    invocation.stopped = "timeout"  # stop() sets it before it sends SIGINT
+    caplog.set_level("DEBUG", logger=invocation_module.__name__)
+    for event in _interrupted_events():
+        invocation._dispatch_line(json.dumps(event))
+
+    assert names(events) == ["LogCancelLine", "LogModelResult", "EndOfRunSummary"]
+    debug = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert any("Traceback" in line for line in debug) and any("Encountered an error" in line for line in debug)
+    assert [r for r in caplog.records if r.levelname not in ("DEBUG",)] == []
+
+
+def test_without_a_stop_dbt_errors_are_never_swallowed() -> None:
+    events: list[dict[str, Any]] = []
+    invocation = DbtInvocation(["run"], on_event=events.append, on_output=lambda _: None)
+    for event in _interrupted_events():  # e.g. someone else sent dbt SIGINT: a failure we did not cause
+        invocation._dispatch_line(json.dumps(event))
+    assert names(events) == [e["info"]["name"] for e in _interrupted_events()]
+    assert "MainStackTrace" in names(invocation.error_events)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # In-process mode (dbtRunner replaced by a fake that sends real dbt event messages)
 # ---------------------------------------------------------------------------------------------------------
@@ -318,6 +356,34 @@ def test_in_process_run(
     assert events[0]["data"]["node_info"]["unique_id"] == "model.shop.orders"
     assert events[0]["info"]["level"] == "error"
     assert result.error_events == events
+
+
+def test_in_process_stop_keeps_the_interrupt_traceback_out_of_the_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    import traceback
+
+    from dbt.events.types import MainEncounteredError, MainStackTrace
+    from dbt_common.events.base_types import msg_from_base_event
+
+    class Interrupted(FakeRunner):
+        """Stopped while it runs; like dbt, it catches the KeyboardInterrupt and logs it with its traceback."""
+
+        def invoke(self, args: list[str]) -> Any:
+            try:
+                invocation.stop("timeout")  # on dbt's own thread: raises KeyboardInterrupt here
+            except KeyboardInterrupt as interrupt:
+                trace = traceback.format_exc()
+                for message in (MainEncounteredError(exc=str(interrupt)), MainStackTrace(stack_trace=trace)):
+                    for callback in self.callbacks:
+                        callback(msg_from_base_event(message))
+                return SimpleNamespace(success=False, exception=interrupt, result=None)
+            raise AssertionError("stop() did not interrupt dbt")
+
+    install_fake_runner(monkeypatch, [], Interrupted)
+    events: list[dict[str, Any]] = []
+    invocation = DbtInvocation(["run"], on_event=events.append, mode="in-process")
+    result = invocation.run()
+    assert result.stopped == "timeout" and result.return_code == 2
+    assert events == [] and result.error_events == []
 
 
 @pytest.mark.timeout(60)

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common.dbt.artifacts import RunSummary
+from dlh_airflow_common.dbt import report
+from dlh_airflow_common.dbt.artifacts import NodeOutcome, RunSummary
 from dlh_airflow_common.dbt.redact import MASK, Redactor
-from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, node_progress, plain
+from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, node_progress, plain, replay_progress
 
 LOGGER = "tests.unit.dbt_progress"
 
@@ -213,6 +214,44 @@ def test_progress_counts_over_several_events(log: logging.Logger, caplog: pytest
         "[2/3] OK model.p.m2 ... 0.20s",
         "[3/3] OK model.p.m3 ... 0.30s",
     ]
+
+
+def test_reporter_keeps_each_reported_node_for_the_summary(log: logging.Logger) -> None:
+    reporter = ProgressReporter(log)
+    postgres = model_result(2, 3, "SELECT 1", "model.p.b", 0.5)  # the adapter's response; node_status is dbt's
+    postgres["data"]["node_info"]["node_status"] = "success"
+    skipped = event("SkippingDetails", "info", "", node_info=node_info("model.p.c"), index=3, total=3)
+    for one in (model_result(1, 3, "error", "model.p.a", 0.25, level="error"), postgres, skipped):
+        reporter(one)
+    reporter(model_result(1, 3, "success", "model.p.a", 0.75))  # a node reported twice: its latest result
+
+    assert reporter.reported_nodes == (
+        NodeOutcome("model.p.a", "success", 0.75),
+        NodeOutcome("model.p.b", "success", 0.5),
+        NodeOutcome("model.p.c", "skipped", 0.0),
+    )
+
+
+def test_reported_nodes_are_bounded_but_all_are_counted(log: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "MAX_REPORTED_NODES", 2)
+    reporter = ProgressReporter(log)
+    for i in range(1, 4):
+        reporter(model_result(i, 3, "success", f"model.p.m{i}", 0.1))
+    assert reporter.nodes_done == 3
+    assert [node.unique_id for node in reporter.reported_nodes] == ["model.p.m1", "model.p.m2"]
+
+
+def test_replay_keeps_the_reported_nodes_of_a_detached_run(
+    tmp_path: Any, log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    events = tmp_path / "events.jsonl"
+    lines = [event("MainReportVersion", "info", "Running with dbt"), model_result(1, 1, "error", "model.p.slow", 4.9)]
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json Result\n", encoding="utf-8")
+    reporter = replay_progress(events, log)
+    assert reporter.reported_nodes == (NodeOutcome("model.p.slow", "error", 4.9),)
+    assert records(caplog) == [], "a replay logs nothing"
 
 
 @pytest.mark.parametrize("level", ["debug", "trace", "", None])

@@ -116,6 +116,50 @@ def test_stopped_run_reports_how_far_it_got(tmp_path: Path) -> None:
     assert "timeout of 12s" in str(result.error) and "2 of 3 nodes had succeeded" in str(result.error)
 
 
+def _reported(*nodes: tuple[str, str]) -> ProgressReporter:
+    """A reporter that saw a node-result event for each (unique_id, status)."""
+    progress = ProgressReporter(LOG)
+    for index, (unique_id, status) in enumerate(nodes, start=1):
+        progress({"info": {"name": "LogModelResult", "level": "info", "msg": ""},
+                  "data": {"index": index, "total": len(nodes), "status": status, "execution_time": 1.5,
+                           "node_info": {"unique_id": unique_id, "node_status": status}}})  # fmt: skip
+    return progress
+
+
+@pytest.mark.parametrize("artifact", ["no nodes", "no file"])
+def test_interrupted_run_summary_counts_the_nodes_dbt_reported(tmp_path: Path, artifact: str) -> None:
+    """Interrupted, dbt writes run_results.json without the node it was running, or is killed before writing it."""
+    doc = {**_run_results(), "elapsed_time": 5.0}
+    run_dir = _run_dir(tmp_path, doc if artifact == "no nodes" else None)
+    progress = _reported(("model.shop.slow_sleep", "error"))
+    result = _build(run_dir, InvocationResult(return_code=2, stopped="killed"), progress=progress)
+
+    assert result.summary.node_count == 1
+    assert [(n.unique_id, n.status) for n in result.summary.failed] == [("model.shop.slow_sleep", "error")]
+    assert result.summary.status_counts == {"error": 1}
+    assert result.summary.elapsed == (5.0 if artifact == "no nodes" else None)
+    assert result.to_xcom()["failed_nodes"] == [{"unique_id": "model.shop.slow_sleep", "status": "error"}]
+
+
+def test_artifact_wins_for_its_nodes_and_reported_ones_are_added(tmp_path: Path) -> None:
+    doc = _run_results("success", message="built")
+    progress = _reported(("model.shop.m0", "success"), ("model.shop.m1", "error"))
+    result = _build(_run_dir(tmp_path, doc), InvocationResult(return_code=2, stopped="timeout"), progress=progress)
+
+    assert [(n.unique_id, n.status, n.message) for n in result.summary.nodes] == [
+        ("model.shop.m0", "success", "built"),
+        ("model.shop.m1", "error", None),
+    ]
+    assert result.summary.invocation_id == "inv-1" and result.summary.elapsed == 2.5
+
+
+def test_complete_run_summary_is_the_artifact_alone(tmp_path: Path) -> None:
+    doc = _run_results("success", "error")
+    progress = _reported(("model.shop.m1", "error"), ("model.shop.m0", "success"))
+    result = _build(_run_dir(tmp_path, doc), InvocationResult(return_code=1), progress=progress)
+    assert result.summary == RunSummary.from_artifacts(doc)
+
+
 @pytest.mark.parametrize("kept", [False, True])
 def test_to_xcom_is_bounded_and_json_safe(tmp_path: Path, kept: bool) -> None:
     doc = _run_results(*["error"] * 40, message="x" * 1000)

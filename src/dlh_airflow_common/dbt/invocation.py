@@ -40,6 +40,9 @@ _IN_PROCESS_LOCK = threading.Lock()
 
 # Keep the error events a run produced, but not without bound (a 10,000-node run can fail everywhere).
 _MAX_ERROR_EVENTS = 500
+# What dbt logs at error level when a SIGINT (our stop) interrupts it: "Encountered an error:" and the
+# KeyboardInterrupt traceback. After a stop they are debug lines; the stopped error says what happened.
+_INTERRUPTED_EVENTS = frozenset({"MainEncounteredError", "MainStackTrace"})
 
 # dbt reads these itself; set for every run so no run phones home or differs by the worker's defaults.
 BASE_ENV: dict[str, str] = {
@@ -195,6 +198,9 @@ class DbtInvocation:
         return self._run_subprocess(timeout)
 
     def _handle(self, event: dict[str, Any]) -> None:
+        if self.stopped is not None and (event.get("info") or {}).get("name") in _INTERRUPTED_EVENTS:
+            logger.debug("dbt after stop: %s", (event.get("info") or {}).get("msg"))
+            return
         if is_error_event(event) and len(self.error_events) < _MAX_ERROR_EVENTS:
             self.error_events.append(event)
         if self.on_event is not None:

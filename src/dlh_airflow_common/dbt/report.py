@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.artifacts import RunSummary
+from dlh_airflow_common.dbt.artifacts import NodeOutcome, RunSummary
 from dlh_airflow_common.dbt.redact import Redactor
 
 _SILENT = logging.getLogger("dlh_airflow_common.silent")
@@ -29,6 +29,9 @@ _STATUS_WORDS = {
 }
 _SUCCEEDED = frozenset({"OK", "PASS", "WARN", "SUCCESS"})
 _LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO}
+# Node results a reporter keeps for the summary of a run dbt could not write run_results.json for; a bigger
+# run still has every node counted and logged, only that fallback summary is cut at this many nodes.
+MAX_REPORTED_NODES = 20_000
 
 
 def plain(text: str, *, ascii_only: bool = True) -> str:
@@ -47,6 +50,15 @@ def _status_word(status: Any) -> str:
 
 def node_progress(event: Mapping[str, Any]) -> tuple[int, int, str, str, float | None] | None:
     """(index, total, STATUS, unique_id, seconds) for a node-result event, else None."""
+    result = _node_result(event)
+    if result is None:
+        return None
+    index, total, status, unique_id, seconds = result
+    return index, total, _status_word(status), unique_id, seconds
+
+
+def _node_result(event: Mapping[str, Any]) -> tuple[int, int, str, str, float | None] | None:
+    """(index, total, dbt's status, unique_id, seconds) for a node-result event, else None."""
     info = event.get("info") or {}
     data = event.get("data") or {}
     name = str(info.get("name", ""))
@@ -58,7 +70,7 @@ def node_progress(event: Mapping[str, Any]) -> tuple[int, int, str, str, float |
     # data.status is the adapter's response for some adapters ("SELECT 1" on PostgreSQL); node_status is not.
     node_status = node_info.get("node_status")
     raw_status = node_status if node_status and node_status != "None" else data.get("status")
-    status = "SKIP" if name == "SkippingDetails" else _status_word(raw_status)
+    status = "skipped" if name == "SkippingDetails" else str(raw_status or "").strip().lower()
     seconds = data.get("execution_time")
     return (
         int(data.get("index") or 0),
@@ -79,18 +91,22 @@ class ProgressReporter:
         self.nodes_done = 0
         self.nodes_succeeded = 0
         self.nodes_total = 0
+        self._reported: dict[str, NodeOutcome] = {}
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         info = event.get("info") or {}
         level = _LEVELS.get(str(info.get("level", "")).lower())
         if level is None:  # debug events reach in-process callbacks; the console never shows them
             return
-        progress = node_progress(event)
-        if progress is not None:
-            index, total, status, unique_id, seconds = progress
+        result = _node_result(event)
+        if result is not None:
+            index, total, dbt_status, unique_id, seconds = result
+            status = _status_word(dbt_status)
             self.nodes_done += 1
             self.nodes_succeeded += status in _SUCCEEDED
             self.nodes_total = max(self.nodes_total, total)
+            if len(self._reported) < MAX_REPORTED_NODES or unique_id in self._reported:
+                self._reported[unique_id] = NodeOutcome(unique_id, dbt_status or "unknown", seconds or 0.0)
             timing = f" {seconds:.2f}s" if seconds is not None else ""
             self.log.log(level, "[%d/%d] %s %s ...%s", index, total, status, unique_id, timing)
             return
@@ -99,6 +115,11 @@ class ProgressReporter:
         message = self.redact(plain(str(info.get("msg") or ""), ascii_only=self.ascii_only)).rstrip()
         if message.strip():
             self.log.log(level, "%s", message)
+
+    @property
+    def reported_nodes(self) -> tuple[NodeOutcome, ...]:
+        """Each node dbt reported a result for, latest result per node, in the order they first finished."""
+        return tuple(self._reported.values())
 
     def line(self, text: str) -> None:
         """Log raw output that was not a JSON event (e.g. a subprocess's stray print)."""

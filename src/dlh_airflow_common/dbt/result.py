@@ -11,6 +11,7 @@ from dlh_airflow_common.dbt.artifacts import ArtifactCopy, RunSummary, summarize
 from dlh_airflow_common.dbt.invocation import InvocationResult
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter
+from dlh_airflow_common.dbt.retry import merge_summaries
 from dlh_airflow_common.dbt.run_dir import RunDir
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtExecutionTimeoutException, classify_dbt_error
 
@@ -83,7 +84,7 @@ def build_result(
     """Load the run's artifacts, summarise them and turn a failure into one classified, secret-free error."""
     log_file = str(run_dir.log_path / "dbt.log")
     summary, run_results = summarize_run(run_dir.target_path)
-    summary = redactor.summary(summary)
+    summary = redactor.summary(with_reported_nodes(summary, progress))
     error: DbtException | None = None
     if outcome.stopped is not None:
         error = stopped_error(command, outcome.stopped, progress, execution_timeout, conn_id, log_file)
@@ -105,6 +106,18 @@ def build_result(
         artifacts_kept=artifacts_kept,
         run_results_copy=run_results,
     )
+
+
+def with_reported_nodes(summary: RunSummary, progress: ProgressReporter) -> RunSummary:
+    """The artifact's summary, plus the nodes dbt reported through its events but never wrote there.
+
+    The artifact wins for every node it has. An interrupted dbt writes run_results.json without the
+    nodes it was running (or writes none at all), although it already logged their results.
+    """
+    known = {node.unique_id for node in summary.nodes}
+    if all(node.unique_id in known for node in progress.reported_nodes):
+        return summary
+    return merge_summaries(RunSummary(nodes=progress.reported_nodes), summary)
 
 
 def stopped_error(

@@ -64,6 +64,10 @@ class DbtException(AirflowException):
     def __str__(self) -> str:
         return self.message
 
+    def __repr__(self) -> str:
+        node = f", node_id={self.node_id!r}" if self.node_id else ""
+        return f"{type(self).__name__}({self.message!r}{node})"
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only metadata must survive pickling (Airflow and multiprocessing pickle exceptions).
         return (_rebuild, (type(self), self.message, self._metadata()))
