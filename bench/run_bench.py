@@ -35,6 +35,7 @@ sys.path.insert(0, str(BENCH))
 from deferrable import measure as measure_deferrable  # noqa: E402
 from generate_project import generate  # noqa: E402
 from make_artifacts import scale_manifest, scale_run_results  # noqa: E402
+from worker_slot import measure as measure_worker_slot  # noqa: E402
 
 PYTHON = sys.executable
 DBT = str(Path(sys.executable).parent / "dbt")
@@ -576,7 +577,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench")
     parser.add_argument(
-        "--only", default="p1,p2,p3,p6,deferrable", help="comma-separated subset of p1,p2,p3,p6,deferrable"
+        "--only",
+        default="p1,p2,p3,p6,deferrable,worker_slot",
+        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot",
     )
     args = parser.parse_args()
     if args.quick:
@@ -617,6 +620,10 @@ def main() -> None:
         p6(bench, report, rr_source, mf_source)
     if "deferrable" in only:  # issue 4: bench/deferrable.py
         figures, section = measure_deferrable(bench.env, work, quick=args.quick)
+        report.figures += [Figure(*row) for row in figures]
+        report.sections.append(section)
+    if "worker_slot" in only:  # issue 11: bench/worker_slot.py, a real Airflow deployment
+        figures, section = measure_worker_slot(bench.env, work, quick=args.quick)
         report.figures += [Figure(*row) for row in figures]
         report.sections.append(section)
     write_report(report, args.out, args, facts, started)

@@ -153,6 +153,31 @@ def test_openlineage_facets_come_from_the_after_run_step() -> None:
     assert [d.name for d in failed.outputs] == ["db.mart.orders"]
 
 
+def test_disabled_openlineage_never_imports_its_dbt_integration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dbt integration's import costs about a second of worker slot: a disabled provider must not pay it."""
+    from airflow.providers.openlineage.conf import is_disabled
+
+    from dlh_airflow_common.dbt import lineage as lineage_module
+
+    forget = getattr(is_disabled, "cache_clear", lambda: None)  # cached per process outside test mode
+
+    def imported() -> bool:
+        raise AssertionError("lineage_available() was called although OpenLineage is disabled")
+
+    monkeypatch.setattr(lineage_module, "lineage_available", imported)
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "True")
+    forget()
+    assert after_run.openlineage_enabled() is False
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", '{"type": "console"}')
+    monkeypatch.setattr(lineage_module, "lineage_available", lambda: True)
+    forget()
+    try:
+        assert after_run.openlineage_enabled() is True
+    finally:
+        forget()
+
+
 def test_lineage_is_skipped_when_openlineage_is_not_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "True")
     assert after_run.openlineage_enabled() is False
