@@ -141,6 +141,13 @@ def test_interrupted_run_summary_counts_the_nodes_dbt_reported(tmp_path: Path, a
     assert result.to_xcom()["failed_nodes"] == [{"unique_id": "model.shop.slow_sleep", "status": "error"}]
 
 
+def test_dbt_killed_from_outside_without_artifacts_still_has_its_reported_nodes(tmp_path: Path) -> None:
+    progress = _reported(("model.shop.m0", "success"))
+    result = _build(_run_dir(tmp_path), InvocationResult(return_code=-9), progress=progress)  # e.g. OOM-killed
+    assert [(n.unique_id, n.status) for n in result.summary.nodes] == [("model.shop.m0", "success")]
+    assert not result.success and not result.wrote_node_results
+
+
 def test_artifact_wins_for_its_nodes_and_reported_ones_are_added(tmp_path: Path) -> None:
     doc = _run_results("success", message="built")
     progress = _reported(("model.shop.m0", "success"), ("model.shop.m1", "error"))
@@ -155,9 +162,9 @@ def test_artifact_wins_for_its_nodes_and_reported_ones_are_added(tmp_path: Path)
 
 def test_complete_run_summary_is_the_artifact_alone(tmp_path: Path) -> None:
     doc = _run_results("success", "error")
-    progress = _reported(("model.shop.m1", "error"), ("model.shop.m0", "success"))
+    progress = _reported(("model.shop.m1", "error"), ("model.shop.m0", "success"), ("raw.orders", "pass"))
     result = _build(_run_dir(tmp_path, doc), InvocationResult(return_code=1), progress=progress)
-    assert result.summary == RunSummary.from_artifacts(doc)
+    assert result.summary == RunSummary.from_artifacts(doc), "dbt ended by itself: its artifact is complete"
 
 
 @pytest.mark.parametrize("kept", [False, True])

@@ -29,8 +29,8 @@ _STATUS_WORDS = {
 }
 _SUCCEEDED = frozenset({"OK", "PASS", "WARN", "SUCCESS"})
 _LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO}
-# Node results a reporter keeps for the summary of a run dbt could not write run_results.json for; a bigger
-# run still has every node counted and logged, only that fallback summary is cut at this many nodes.
+# Node results a reporter keeps for the summary of a run whose run_results.json lacks them (dbt was stopped
+# or killed); a bigger run still has every node counted and logged, only that summary stops at this many.
 MAX_REPORTED_NODES = 20_000
 
 

@@ -84,7 +84,9 @@ def build_result(
     """Load the run's artifacts, summarise them and turn a failure into one classified, secret-free error."""
     log_file = str(run_dir.log_path / "dbt.log")
     summary, run_results = summarize_run(run_dir.target_path)
-    summary = redactor.summary(with_reported_nodes(summary, progress))
+    if outcome.stopped is not None or not summary.nodes:  # else dbt ended normally: its artifact is complete
+        summary = with_reported_nodes(summary, progress)
+    summary = redactor.summary(summary)
     error: DbtException | None = None
     if outcome.stopped is not None:
         error = stopped_error(command, outcome.stopped, progress, execution_timeout, conn_id, log_file)
@@ -112,7 +114,7 @@ def with_reported_nodes(summary: RunSummary, progress: ProgressReporter) -> RunS
     """The artifact's summary, plus the nodes dbt reported through its events but never wrote there.
 
     The artifact wins for every node it has. An interrupted dbt writes run_results.json without the
-    nodes it was running (or writes none at all), although it already logged their results.
+    nodes it was running (a killed one writes none at all), although it already logged their results.
     """
     known = {node.unique_id for node in summary.nodes}
     if all(node.unique_id in known for node in progress.reported_nodes):
