@@ -434,7 +434,7 @@ async def test_unreadable_status_left_by_a_dead_runner_is_lost(runs: Runs) -> No
 def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None:
     trigger = DbtExecutionTrigger(
         str(tmp_path), 4242, "worker-1", pgid=4241, start_ticks=987654, started_at=1_790_000_000.5,
-        poll_interval=2.5, deadline=1_790_003_600.5, grace_period=12.0,
+        poll_interval=2.5, deadline=1_790_003_600.5, grace_period=12.0, keep_run_dir=True,
     )  # fmt: skip
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
@@ -449,6 +449,7 @@ def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None
         "poll_interval": 2.5,
         "deadline": 1_790_003_600.5,
         "grace_period": 12.0,
+        "keep_run_dir": True,
     }
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
     assert isinstance(again, DbtExecutionTrigger)
@@ -459,6 +460,7 @@ def test_defaults_serialize_too(tmp_path: Path) -> None:
     classpath, kwargs = DbtExecutionTrigger(str(tmp_path), 10, "h").serialize()
     assert kwargs["pgid"] == 10, "the runner leads its own group unless told otherwise"
     assert kwargs["deadline"] is None and kwargs["start_ticks"] is None
+    assert kwargs["keep_run_dir"] is False, "a killed task's run dir is removed unless asked otherwise"
     assert import_string(classpath)(**json.loads(json.dumps(kwargs))).serialize() == (classpath, kwargs)
 
 
