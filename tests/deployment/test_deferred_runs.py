@@ -62,10 +62,6 @@ def test_deferred_build_on_duckdb_succeeds_through_the_rest_api(
     assert dbt_processes(str(projects.root)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="branch wt/deploy only: the trigger's on_kill does not remove the run dir yet (another helper's change)",
-)
 def test_deferred_run_marked_failed_stops_dbt_and_its_query(
     deployment: AirflowDeployment, projects: Projects, deploy_pg: PostgresServer
 ) -> None:

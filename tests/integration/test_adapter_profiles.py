@@ -17,6 +17,7 @@ import enum
 import importlib.util
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
+from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, write_profiles_file
 from dlh_airflow_common.hooks.dbt_profiles import (
     PROFILE_MAPPINGS,
     GenericDbtProfile,
@@ -323,7 +324,8 @@ def load_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict
     from dbt_common.context import set_invocation_context
 
     def load(target: dict[str, Any], secret_env: dict[str, str]) -> Any:
-        with temporary_profiles_dir("validation", "airflow", target) as directory:
+        with tempfile.TemporaryDirectory() as parent:
+            directory = write_profiles_file(Path(parent) / "profile", "validation", "airflow", target)
             assert SECRET not in (directory / PROFILES_FILE).read_text()
             raw = read_profile(str(directory))
         for key, value in secret_env.items():
@@ -439,10 +441,10 @@ def test_cases_cover_every_mapping_and_method() -> None:
 
 
 def test_rendered_profile_keeps_secrets_out_of_the_file(tmp_path: Path) -> None:
-    for name, case in CASES.items():
+    for index, (name, case) in enumerate(CASES.items()):
         rendered: RenderedTarget = render_target(_connection("file", case.conn))
-        with temporary_profiles_dir("p", "t", rendered.target) as directory:
-            text = (directory / PROFILES_FILE).read_text()
+        directory = write_profiles_file(tmp_path / f"profile{index}", "p", "t", rendered.target)
+        text = (directory / PROFILES_FILE).read_text()
         assert SECRET not in text, name
         if SECRET in json.dumps(case.conn) or SECRET in case.conn.get("uri", ""):
             assert SECRET in rendered.secret_env.values(), name

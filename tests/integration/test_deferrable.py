@@ -14,7 +14,6 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from dag_runner import run_dag_file
-from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.operators.dbt import XCOM_SUMMARY_KEY, DbtOperator
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 from pg_faults import AUDIT, builds, dbt_processes, fault_conn, sleeping_queries, sql, wait_for
@@ -133,12 +132,7 @@ def test_killing_a_deferred_task_stops_dbt_and_its_query(
     stopped = time.monotonic() - started
     assert sleeping_queries(pg_server) == 0, "the query was cancelled"
     assert dbt_processes(str(fault_project)) == [], "no dbt process or zombie is left"
-    event = asyncio.run(_first_event(DbtExecutionTrigger(**kwargs)))
-    assert event["status"] == "error", event
-    with pytest.raises(DbtException, match="dbt run failed"):
-        operator.execute_complete(context, event)
-    assert context["ti"].pushed[XCOM_SUMMARY_KEY]["success"] is False
-    assert not Path(kwargs["run_dir"]).exists()
+    assert not Path(kwargs["run_dir"]).exists(), "execute_complete never runs after a kill: on_kill removed it"
     assert builds(pg_server) == {"a": 1, "b": 1}
     print(f"\ndeferred kill: dbt and its query gone {stopped:.2f}s after on_kill")
 

@@ -20,7 +20,6 @@ import textwrap
 import threading
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +79,8 @@ class Evidence:
 class FileWatcher(threading.Thread):
     """Scans every file under the given roots again and again while dbt runs (and once more at stop).
 
-    It also scans right after the hook writes profiles.yml and right before it removes it, so the live
-    profile is always seen, however fast dbt fails.
+    It also scans right after the hook writes profiles.yml (into the run dir), so the live profile is
+    always seen, however fast dbt fails.
     """
 
     def __init__(self, roots: list[Path], evidence: Evidence, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,16 +89,14 @@ class FileWatcher(threading.Thread):
         self.evidence = evidence
         self.done = threading.Event()
         self.lock = threading.Lock()
-        real = profile_module.temporary_profiles_dir
+        real = profile_module.write_profiles_file
 
-        @contextmanager
-        def watched(*args: Any, **kwargs: Any) -> Iterator[Path]:
-            with real(*args, **kwargs) as directory:
-                self.scan()
-                yield directory
-                self.scan()
+        def watched(*args: Any, **kwargs: Any) -> Path:
+            directory = real(*args, **kwargs)
+            self.scan()
+            return directory
 
-        monkeypatch.setattr(profile_module, "temporary_profiles_dir", watched)
+        monkeypatch.setattr(profile_module, "write_profiles_file", watched)
 
     def run(self) -> None:
         while not self.done.wait(0.05):

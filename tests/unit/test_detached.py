@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dlh_airflow_common.dbt.detached import (
+    DBT_PROCESS_FILE,
     EVENTS_FILE,
     PROCESS_FILE,
     SPEC_FILE,
@@ -26,7 +27,9 @@ from dlh_airflow_common.dbt.detached import (
     launch,
     process_alive,
     process_start_ticks,
+    read_dbt_process,
     read_json,
+    read_runner_process,
     stop_group,
     write_json_atomic,
 )
@@ -345,3 +348,54 @@ def test_runner_logs_why_dbt_could_not_start(run_dir: Path, launched: list[Detac
     wait_for(lambda: not process_alive(process.pid, process.start_ticks), "the runner to exit")
     detached_out = (run_dir / "logs" / "detached.out").read_text(encoding="utf-8")
     assert "no-such-dbt" in detached_out, "why dbt did not start is in the runner's own log"
+
+
+# -- dbt never outlives its runner ------------------------------------------------------------------------------
+
+
+def graceful_dbt(mark: Path) -> list[str]:
+    """argv of a stand-in for dbt that stops on SIGINT (as dbt does) and leaves a mark saying so."""
+    script = textwrap.dedent(
+        f"""\
+        import json, pathlib, signal, sys, time
+        def stop(*_):
+            pathlib.Path({str(mark)!r}).write_text("SIGINT")
+            sys.exit(130)
+        signal.signal(signal.SIGINT, stop)
+        print(json.dumps({{"info": {{"name": "MainReportVersion", "level": "info", "msg": "ready"}}}}), flush=True)
+        time.sleep(60)
+        """
+    )
+    return [sys.executable, "-c", script]
+
+
+def test_runner_records_dbt_with_its_parent_death_signal(run_dir: Path, launched: list[DetachedProcess]) -> None:
+    process = launch(run_dir, graceful_dbt(run_dir / "mark"), dict(os.environ))
+    launched.append(process)
+    dbt = wait_for(lambda: read_dbt_process(run_dir), DBT_PROCESS_FILE)
+    assert dbt.pid != process.pid
+    assert dbt.start_ticks == process_start_ticks(dbt.pid)
+    assert dbt.host == socket.gethostname() and dbt.alive_here()
+    assert dbt.parent_death_signal is sys.platform.startswith("linux")
+    assert os.getpgid(dbt.pid) == process.pgid, "dbt is in the runner's group: one signal reaches both"
+    runner = read_runner_process(run_dir)
+    assert runner is not None and (runner.pid, runner.start_ticks) == (process.pid, process.start_ticks)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_dbt_gets_sigint_when_the_runner_is_sigkilled(run_dir: Path, launched: list[DetachedProcess]) -> None:
+    mark = run_dir / "mark"
+    process = launch(run_dir, graceful_dbt(mark), dict(os.environ))
+    launched.append(process)
+    dbt = wait_for(lambda: read_dbt_process(run_dir), DBT_PROCESS_FILE)
+    wait_for(lambda: (run_dir / "logs" / EVENTS_FILE).read_text(encoding="utf-8"), "dbt's first event")
+    os.kill(process.pid, signal.SIGKILL)  # the runner only: nobody but the kernel tells dbt
+    wait_for(lambda: not dbt.alive_here(), "dbt to stop after its runner died")
+    assert mark.read_text() == "SIGINT", "dbt was interrupted (so it can cancel its queries), not killed"
+    assert read_json(run_dir / STATUS_FILE) is None, "a SIGKILLed runner writes no status: the trigger says lost"
+
+
+def test_no_dbt_record_before_dbt_started(run_dir: Path) -> None:
+    assert read_dbt_process(run_dir) is None
+    write_json_atomic(run_dir / DBT_PROCESS_FILE, {"pid": "nope"})
+    assert read_dbt_process(run_dir) is None

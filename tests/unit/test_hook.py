@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -136,3 +137,59 @@ def test_arguments_after_the_project_are_keyword_only(project: Path) -> None:
         DbtHook(project, "/opt/venvs/dbt")  # type: ignore[misc]
     hook = DbtHook(project, target_path="artifacts", run_dir_root=project / "runs")
     assert (hook.target_path, hook.run_dir_root) == ("artifacts", str(project / "runs"))
+
+
+# -- finish_detached and a dbt that still runs -------------------------------------------------------------------
+
+
+def _detached_run_dir(project: Path, dbt_pid: int) -> Path:
+    import socket
+
+    from dlh_airflow_common.dbt.detached import DBT_PROCESS_FILE, write_json_atomic
+    from dlh_airflow_common.dbt.processes import process_start_ticks
+    from dlh_airflow_common.dbt.run_dir import create_run_dir
+
+    run_dir = create_run_dir("run_20260101_000000_dag_task_try1_live", project).path
+    record = {"pid": dbt_pid, "start_ticks": process_start_ticks(dbt_pid), "host": socket.gethostname()}
+    write_json_atomic(run_dir / DBT_PROCESS_FILE, record)
+    return run_dir
+
+
+def test_finish_detached_keeps_the_run_dir_of_a_dbt_that_still_runs(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    dbt = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = _detached_run_dir(project, dbt.pid)
+        event = {"status": "lost", "run_dir": str(run_dir), "started_at": time.time(), "message": "runner gone"}
+        caplog.set_level("WARNING", logger="tests.hook")
+        hook = DbtHook(project, logger=logging.getLogger("tests.hook"))
+        result = hook.finish_detached(event, raise_on_failure=False)
+    finally:
+        dbt.kill()
+        dbt.wait(timeout=30)
+    assert not result.success
+    assert f"dbt (pid {dbt.pid}) was still running" in str(result.error)
+    assert run_dir.is_dir(), "never remove the files of a dbt that still runs"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(dbt.pid) in m and str(run_dir) in m for m in warnings), warnings
+
+
+def test_finish_detached_removes_the_run_dir_once_dbt_has_ended(project: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    dbt = subprocess.Popen([sys.executable, "-c", "pass"])
+    run_dir = _detached_run_dir(project, dbt.pid)
+    dbt.wait(timeout=30)
+    event = {"status": "lost", "run_dir": str(run_dir), "started_at": time.time(), "message": "runner gone"}
+    with pytest.raises(DbtException) as raised:
+        DbtHook(project).finish_detached(event)
+    result = raised.value.result
+    assert result is not None and not result.success and "still running" not in str(result.error)
+    assert not run_dir.exists()

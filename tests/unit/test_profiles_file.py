@@ -1,15 +1,15 @@
-"""Unit tests for dlh_airflow_common.dbt.profiles_file: the short-lived generated profiles.yml."""
+"""Unit tests for dlh_airflow_common.dbt.profiles_file: the generated profiles.yml inside a run dir."""
 
 from __future__ import annotations
 
+import os
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir
+from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, write_profiles_file
 
 TARGET = {
     "type": "postgres",
@@ -22,77 +22,55 @@ TARGET = {
 }
 
 
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep mkdtemp inside the test's tmp_path so leftovers are detectable."""
-    root = tmp_path / "tmp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(root))
-    return root
+@pytest.fixture
+def into(tmp_path: Path) -> Path:
+    """Where the hook writes it: ``<run dir>/profile``."""
+    run_dir = tmp_path / "run_20260101_000000_dag_task_try1_abcd"
+    run_dir.mkdir(mode=0o700)
+    return run_dir / "profile"
 
 
-def test_file_and_directory_permissions() -> None:
-    with temporary_profiles_dir("shop", "dev", TARGET) as directory:
-        profiles = directory / PROFILES_FILE
-        assert directory.is_dir()
-        assert profiles.is_file()
-        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-        assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
-        assert [p.name for p in directory.iterdir()] == [PROFILES_FILE]
+def test_file_and_directory_permissions(into: Path) -> None:
+    directory = write_profiles_file(into, "shop", "dev", TARGET)
+    assert directory == into
+    profiles = directory / PROFILES_FILE
+    assert profiles.is_file()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
+    assert [p.name for p in directory.iterdir()] == [PROFILES_FILE]
 
 
-def test_yaml_content_shape() -> None:
-    with temporary_profiles_dir("shop", "prod", TARGET) as directory:
-        text = (directory / PROFILES_FILE).read_text(encoding="utf-8")
+def test_permissions_hold_under_a_permissive_umask(into: Path) -> None:
+    old = os.umask(0)
+    try:
+        directory = write_profiles_file(into, "shop", "dev", TARGET)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / PROFILES_FILE).stat().st_mode) == 0o600
+
+
+def test_yaml_content_shape(into: Path) -> None:
+    text = (write_profiles_file(into, "shop", "prod", TARGET) / PROFILES_FILE).read_text(encoding="utf-8")
     document = yaml.safe_load(text)
     assert document == {"shop": {"target": "prod", "outputs": {"prod": TARGET}}}
     assert list(document["shop"]) == ["target", "outputs"]
 
 
-def test_directory_removed_afterwards(private_tmp: Path) -> None:
-    with temporary_profiles_dir("shop", "dev", TARGET) as directory:
-        assert directory.parent == private_tmp
-        assert directory.name.startswith("dlh-dbt-profile-")
-    assert not directory.exists()
-    assert list(private_tmp.iterdir()) == []
+def test_an_existing_profile_is_never_overwritten(into: Path) -> None:
+    """O_EXCL: a file planted at the path (or a second write) is refused, not followed or replaced."""
+    write_profiles_file(into, "a", "dev", TARGET)
+    with pytest.raises(FileExistsError):
+        write_profiles_file(into, "b", "dev", TARGET)
+    assert "a" in yaml.safe_load((into / PROFILES_FILE).read_text())
 
 
-def test_directory_removed_when_body_raises(private_tmp: Path) -> None:
-    seen: list[Path] = []
-    with pytest.raises(RuntimeError, match="dbt blew up"), temporary_profiles_dir("shop", "dev", TARGET) as directory:
-        seen.append(directory)
-        assert (directory / PROFILES_FILE).exists()
-        raise RuntimeError("dbt blew up")
-    assert len(seen) == 1
-    assert not seen[0].exists()
-    assert list(private_tmp.iterdir()) == []
+def test_unserialisable_target_raises(into: Path) -> None:
+    with pytest.raises(yaml.YAMLError):
+        write_profiles_file(into, "shop", "dev", {"bad": object()})
 
 
-def test_directory_removed_when_body_deletes_file(private_tmp: Path) -> None:
-    with temporary_profiles_dir("shop", "dev", TARGET) as directory:
-        (directory / PROFILES_FILE).unlink()
-        (directory / "extra.txt").write_text("x")
-    assert not directory.exists()
-
-
-def test_each_use_gets_its_own_directory() -> None:
-    with (
-        temporary_profiles_dir("a", "dev", TARGET) as first,
-        temporary_profiles_dir("b", "dev", TARGET) as second,
-    ):
-        assert first != second
-        assert yaml.safe_load((first / PROFILES_FILE).read_text())["a"]["target"] == "dev"
-        assert "b" in yaml.safe_load((second / PROFILES_FILE).read_text())
-
-
-def test_unserialisable_target_still_cleans_up(private_tmp: Path) -> None:
-    with pytest.raises(yaml.YAMLError), temporary_profiles_dir("shop", "dev", {"bad": object()}):
-        pass  # pragma: no cover - never reached
-    assert list(private_tmp.iterdir()) == []
-
-
-def test_target_mapping_not_mutated() -> None:
+def test_target_mapping_not_mutated(into: Path) -> None:
     target = dict(TARGET)
-    with temporary_profiles_dir("shop", "dev", target):
-        pass
+    write_profiles_file(into, "shop", "dev", target)
     assert target == TARGET

@@ -362,3 +362,33 @@ def test_cleanup_failure_logged_not_raised(
     assert len(warnings) == 1
     assert str(run_dir.path) in warnings[0].getMessage()
     assert error.strerror in warnings[0].getMessage()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# owner.json
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_create_run_dir_records_its_owner(project: Path) -> None:
+    import json
+    import socket
+    import time
+
+    from dlh_airflow_common.dbt.processes import process_start_ticks
+
+    before = time.time()
+    run_dir = create_run_dir("run_owner", project)
+    owner = json.loads((run_dir.path / run_dir_module.OWNER_FILE).read_text())
+    assert owner["pid"] == os.getpid() and owner["start_ticks"] == process_start_ticks(os.getpid())
+    assert owner["host"] == socket.gethostname()
+    assert before <= owner["created_at"] <= time.time()
+    assert sorted(p.name for p in run_dir.path.iterdir()) == ["logs", "owner.json", "target"]
+
+
+def test_disown_drops_the_owner_marker_and_keeps_everything_else(project: Path) -> None:
+    run_dir = create_run_dir("run_kept", project)
+    (run_dir.target_path / "manifest.json").write_text("{}")
+    run_dir.disown()
+    run_dir.disown()  # twice is fine
+    assert not (run_dir.path / run_dir_module.OWNER_FILE).exists()
+    assert (run_dir.target_path / "manifest.json").is_file()

@@ -28,7 +28,9 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 
 from dlh_airflow_common.dbt.detached import (
+    DBT_PROCESS_FILE,
     EVENTS_FILE,
+    PROCESS_FILE,
     STATUS_FILE,
     process_alive,
     process_start_ticks,
@@ -63,6 +65,17 @@ STUBBORN = textwrap.dedent(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     print(child.pid, flush=True)
+    time.sleep(60)
+    """
+)
+
+# A runner that starts "dbt" in its own process group and prints dbt's pid; dbt stops on SIGINT (leaving a mark).
+RUNNER_WITH_DBT = textwrap.dedent(
+    """\
+    import subprocess, sys, time
+    dbt = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True)
+    dbt.stdout.readline()
+    print(dbt.pid, flush=True)
     time.sleep(60)
     """
 )
@@ -434,7 +447,7 @@ async def test_unreadable_status_left_by_a_dead_runner_is_lost(runs: Runs) -> No
 def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None:
     trigger = DbtExecutionTrigger(
         str(tmp_path), 4242, "worker-1", pgid=4241, start_ticks=987654, started_at=1_790_000_000.5,
-        poll_interval=2.5, deadline=1_790_003_600.5, grace_period=12.0,
+        poll_interval=2.5, deadline=1_790_003_600.5, grace_period=12.0, keep_run_dir=True,
     )  # fmt: skip
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
@@ -449,6 +462,7 @@ def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None
         "poll_interval": 2.5,
         "deadline": 1_790_003_600.5,
         "grace_period": 12.0,
+        "keep_run_dir": True,
     }
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
     assert isinstance(again, DbtExecutionTrigger)
@@ -459,6 +473,7 @@ def test_defaults_serialize_too(tmp_path: Path) -> None:
     classpath, kwargs = DbtExecutionTrigger(str(tmp_path), 10, "h").serialize()
     assert kwargs["pgid"] == 10, "the runner leads its own group unless told otherwise"
     assert kwargs["deadline"] is None and kwargs["start_ticks"] is None
+    assert kwargs["keep_run_dir"] is False, "a killed task's run dir is removed unless asked otherwise"
     assert import_string(classpath)(**json.loads(json.dumps(kwargs))).serialize() == (classpath, kwargs)
 
 
@@ -637,3 +652,104 @@ async def test_the_event_lets_execute_complete_report_the_wall_time(runs: Runs, 
     result = DbtHook(str(project), keep_target_artifacts=True).finish_detached(payload)
     assert result.success
     assert result.to_xcom()["wall_seconds"] >= 42.0
+
+
+# -- dbt outliving its runner, and the run dir after a kill ---------------------------------------------------
+
+
+def record_dbt(run: FakeRun, *, pdeathsig: bool) -> tuple[int, int]:
+    """Record the runner's child as dbt (dbt_process.json), as the runner does; its pid and start ticks."""
+    pid = int(run.first_line)
+    ticks = process_start_ticks(pid)
+    assert ticks is not None
+    write_json_atomic(run.run_dir / DBT_PROCESS_FILE, {"pid": pid, "start_ticks": ticks, "host": HOST,
+                                                       "pdeathsig": pdeathsig})  # fmt: skip
+    return pid, ticks
+
+
+async def test_lost_runner_whose_dbt_runs_on_gets_dbt_stopped_first(runs: Runs, tmp_path: Path, progress: Any) -> None:
+    mark = tmp_path / "got-sigint"
+    run = runs.start(RUNNER_WITH_DBT, GRACEFUL, str(mark))
+    dbt, ticks = record_dbt(run, pdeathsig=False)  # e.g. started by a runner without the parent-death signal
+    run.proc.kill()
+    run.reap()
+    assert process_alive(dbt, ticks), "dbt outlived its runner"
+    payload = await the_event(run.trigger(grace_period=WAIT_SECONDS))
+    assert payload["status"] == "lost"
+    assert f"dbt (pid {dbt}) outlived it and was stopped" in payload["message"]
+    assert not process_alive(dbt, ticks), "the trigger yields lost only once dbt has ended"
+    assert mark.read_text() == "SIGINT", "stopped gracefully: SIGINT to its group"
+
+
+async def test_a_dbt_the_kernel_interrupted_gets_no_second_sigint_but_sigkill_after_the_grace(
+    runs: Runs, tmp_path: Path, progress: Any
+) -> None:
+    """The runner died, so the kernel already sent dbt SIGINT: a second one would cut its query cancel short."""
+    mark = tmp_path / "got-sigint"
+    run = runs.start(RUNNER_WITH_DBT, GRACEFUL, str(mark))
+    dbt, ticks = record_dbt(run, pdeathsig=True)  # the stand-in was not really armed: it keeps running
+    run.proc.kill()
+    run.reap()
+    payload = await the_event(run.trigger(grace_period=0.3))
+    assert payload["status"] == "lost"
+    assert not process_alive(dbt, ticks)
+    assert not mark.exists(), "no SIGINT from the trigger"
+    assert any("got SIGINT then" in m for m in messages(progress))
+    assert any("sending SIGKILL" in m for m in messages(progress, logging.WARNING))
+
+
+async def test_lost_runner_whose_dbt_ended_is_reported_without_stopping_anything(runs: Runs, progress: Any) -> None:
+    run = runs.start()
+    write_json_atomic(run.run_dir / DBT_PROCESS_FILE, {"pid": run.pid, "start_ticks": run.ticks, "host": HOST})
+    run.proc.kill()
+    run.reap()
+    payload = await the_event(run.trigger())
+    assert payload["status"] == "lost" and "outlived" not in payload["message"]
+    assert not any("Stopping dbt" in m for m in messages(progress))
+
+
+def as_detached_run_dir(run: FakeRun) -> None:
+    write_json_atomic(run.run_dir / PROCESS_FILE, {"pid": run.pid, "start_ticks": run.ticks, "host": HOST})
+    (run.run_dir / "target" / "manifest.json").write_text("{}")
+
+
+async def test_on_kill_removes_the_run_dir_once_dbt_has_stopped(runs: Runs, tmp_path: Path, progress: Any) -> None:
+    run = runs.start(GRACEFUL, str(tmp_path / "got-sigint"))
+    as_detached_run_dir(run)
+    await asyncio.wait_for(run.trigger().on_kill(), WAIT_SECONDS)
+    assert run.reap() == 130
+    assert not run.run_dir.exists(), "execute_complete never runs after a kill: on_kill removes the run dir"
+    assert any(f"Removed dbt run dir {run.run_dir}" in m for m in messages(progress))
+
+
+async def test_on_kill_keeps_the_run_dir_when_asked(runs: Runs, tmp_path: Path) -> None:
+    run = runs.start(GRACEFUL, str(tmp_path / "got-sigint"))
+    as_detached_run_dir(run)
+    await asyncio.wait_for(run.trigger(keep_run_dir=True).on_kill(), WAIT_SECONDS)
+    assert run.reap() == 130
+    assert (run.run_dir / "target" / "manifest.json").is_file()
+
+
+async def test_on_kill_never_removes_what_is_not_a_detached_run_dir(runs: Runs) -> None:
+    run = runs.start()
+    run.proc.kill()
+    run.reap()
+    (run.run_dir / "target" / "keep.txt").write_text("x")  # no process.json: not a run dir the runner made
+    await asyncio.wait_for(run.trigger().on_kill(), WAIT_SECONDS)
+    assert (run.run_dir / "target" / "keep.txt").is_file()
+
+
+async def test_on_kill_for_another_host_removes_nothing(runs: Runs) -> None:
+    run = runs.start()
+    as_detached_run_dir(run)
+    await asyncio.wait_for(run.trigger(host="worker-7.example").on_kill(), WAIT_SECONDS)
+    assert run.alive() and run.run_dir.is_dir(), "dbt there cannot be stopped from here, so its files stay"
+
+
+async def test_cleanup_never_removes_the_run_dir(runs: Runs) -> None:
+    run = runs.start()
+    as_detached_run_dir(run)
+    run.proc.kill()
+    run.reap()
+    await run.trigger().cleanup()  # before Airflow 3.3 also on a triggerer restart
+    assert (run.run_dir / PROCESS_FILE).is_file()

@@ -3,7 +3,9 @@
 ``launch`` starts ``python -m dlh_airflow_common.dbt.detached <run_dir>``, which forks into a new session
 (so the worker can exit and nothing waits on it), records ``process.json``, runs dbt with its JSON events
 going to ``logs/events.jsonl``, and when dbt ends writes ``status.json`` atomically. Whoever watches the
-run (the trigger) only ever reads those two small files.
+run (the trigger) only ever reads those two small files. dbt gets SIGINT from the kernel if the runner dies
+(parent-death signal), and its pid is recorded in ``dbt_process.json`` so the trigger, ``finish_detached``
+and the run-dir sweep can tell whether dbt still runs.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.dbt.events import is_error_event
+from dlh_airflow_common.dbt.processes import ProcessRecord, interrupt_when_parent_dies
+from dlh_airflow_common.dbt.processes import process_alive as process_alive  # re-exported (bench, callers)
+from dlh_airflow_common.dbt.processes import process_start_ticks as process_start_ticks
 
 SPEC_FILE = "detached_spec.json"
 PROCESS_FILE = "process.json"
 STATUS_FILE = "status.json"
+DBT_PROCESS_FILE = "dbt_process.json"
 EVENTS_FILE = "events.jsonl"
 _MAX_ERROR_EVENTS = 200
 _LAUNCH_TIMEOUT = 30.0
@@ -45,6 +51,13 @@ class DetachedProcess:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DbtProcess(ProcessRecord):
+    """dbt as started by the runner; ``parent_death_signal`` says the kernel SIGINTs it when the runner dies."""
+
+    parent_death_signal: bool = False
 
 
 def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
@@ -70,31 +83,24 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux), to tell it from a later process reusing the pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+def read_runner_process(run_dir: Path) -> ProcessRecord | None:
+    """The detached runner as recorded in ``process.json``; None before it recorded itself."""
+    return ProcessRecord.from_dict(read_json(run_dir / PROCESS_FILE))
+
+
+def read_dbt_process(run_dir: Path) -> DbtProcess | None:
+    """dbt's process as the runner recorded it once dbt started (the only reader of ``dbt_process.json``)."""
+    content = read_json(run_dir / DBT_PROCESS_FILE)
+    record = ProcessRecord.from_dict(content)
+    if content is None or record is None:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])  # field 22 of stat, counted after the "(comm)" field
+    return DbtProcess(record.pid, record.start_ticks, record.host, parent_death_signal=bool(content.get("pdeathsig")))
 
 
-def process_alive(pid: int, start_ticks: int | None) -> bool:
-    """True while ``pid`` runs and is the same process that was recorded (zombies count as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return start_ticks is None  # no /proc: trust kill(0)
-    if state in ("Z", "X"):
-        return False
-    return start_ticks is None or process_start_ticks(pid) == start_ticks
+def _record_dbt(run_dir: Path, pid: int, *, parent_death_signal: bool) -> None:
+    """The only writer of ``dbt_process.json``: the runner, right after dbt started."""
+    record = ProcessRecord.of(pid)
+    write_json_atomic(run_dir / DBT_PROCESS_FILE, {**record.to_dict(), "pdeathsig": parent_death_signal})
 
 
 def launch(
@@ -158,10 +164,12 @@ def _run(run_dir: Path) -> int:
     write_json_atomic(run_dir / PROCESS_FILE, me.to_dict())
     try:
         with (run_dir / "logs" / EVENTS_FILE).open("w", encoding="utf-8") as events:
+            arm = interrupt_when_parent_dies()  # a killed runner must not leave dbt running on its own
             dbt = subprocess.Popen(
                 spec["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, encoding="utf-8", errors="replace",
+                text=True, encoding="utf-8", errors="replace", preexec_fn=arm,
             )  # fmt: skip
+            _record_dbt(run_dir, dbt.pid, parent_death_signal=arm is not None)
             assert dbt.stdout is not None
             for line in dbt.stdout:
                 events.write(line)

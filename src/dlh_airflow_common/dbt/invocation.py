@@ -9,7 +9,6 @@ then SIGKILL. In-process dbt gets a KeyboardInterrupt, which dbt handles only be
 from __future__ import annotations
 
 import _thread
-import ctypes
 import gc
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any, Literal
 from dlh_airflow_common.dbt import event_runner
 from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS, event_dict, freeze_parsed_heap
 from dlh_airflow_common.dbt.events import is_error_event
+from dlh_airflow_common.dbt.processes import interrupt_when_parent_dies
 from dlh_airflow_common.exceptions.dbt import DbtException
 
 logger = logging.getLogger(__name__)
@@ -138,28 +138,6 @@ def release_adapters() -> None:
     gc.collect()
 
 
-def _interrupt_when_parent_dies() -> Callable[[], None] | None:
-    """On Linux, have the kernel send dbt SIGINT if the task process dies (e.g. SIGKILLed by Airflow).
-
-    dbt then cancels its queries and exits instead of running on as an orphan in its own session.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:  # runs in the child between fork and exec: no imports, no locks
-        prctl(pr_set_pdeathsig, signal.SIGINT)
-        if os.getppid() != parent:  # the parent died before the call above
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return arm
-
-
 class DbtInvocation:
     """Owns exactly one dbt execution: runs it, streams its events, remembers its errors, can stop it."""
 
@@ -267,7 +245,7 @@ class DbtInvocation:
             errors="replace",
             env=env,
             start_new_session=True,  # its own process group, so a stop reaches dbt's children too
-            preexec_fn=_interrupt_when_parent_dies(),
+            preexec_fn=interrupt_when_parent_dies(),
         )
         self.process = process
         assert process.stdout is not None

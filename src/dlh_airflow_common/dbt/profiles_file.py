@@ -1,12 +1,9 @@
-"""A generated profiles.yml that lives only as long as one run: 0600 file in a 0700 temp dir."""
+"""A generated profiles.yml: a 0600 file in a 0700 dir (``<run dir>/profile``), removed with the run's files."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +20,3 @@ def write_profiles_file(directory: Path, profile_name: str, target_name: str, ta
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         yaml.safe_dump(document, handle, sort_keys=False, default_flow_style=False)
     return directory
-
-
-@contextmanager
-def temporary_profiles_dir(profile_name: str, target_name: str, target: Mapping[str, Any]) -> Iterator[Path]:
-    """A profiles dir that exists only for the ``with`` block (a 0700 temp dir, removed afterwards)."""
-    directory = Path(tempfile.mkdtemp(prefix="dlh-dbt-profile-"))  # mkdtemp creates it 0700
-    try:
-        yield write_profiles_file(directory, profile_name, target_name, target)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

@@ -1,4 +1,8 @@
-"""The isolated run directory of one task try: dbt's target and log paths live here and nowhere else."""
+"""The isolated run directory of one task try: dbt's target and log paths live here and nowhere else.
+
+``owner.json`` names the process that created it (pid, start ticks, host), so a later sweep
+(``run_dir_sweep``) can tell a run dir nobody will ever remove from one still in use.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,20 @@ import secrets
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from dlh_airflow_common.dbt.detached import write_json_atomic
+from dlh_airflow_common.dbt.processes import ProcessRecord
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _VALID_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
 _MAX_PART = 80
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+OWNER_FILE = "owner.json"
+RUN_DIR_PREFIX = "run_"
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +96,13 @@ class RunDir:
     def log_path(self) -> Path:
         return self.path / "logs"
 
+    def disown(self) -> None:
+        """Drop ``owner.json``: the run dir is kept for the user now, and no sweep may ever remove it."""
+        try:
+            (self.path / OWNER_FILE).unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning("Could not remove %s: %s", self.path / OWNER_FILE, err)
+
     def cleanup(self) -> bool:
         """Remove the run dir; a failure is logged, never raised (the dbt result matters more)."""
         try:
@@ -127,4 +144,6 @@ def _make(root: Path, name: str, *, fallback: bool) -> RunDir:
     run_dir = RunDir(path=path, fallback=fallback)
     run_dir.target_path.mkdir()
     run_dir.log_path.mkdir()
+    owner = ProcessRecord.of(os.getpid())
+    write_json_atomic(path / OWNER_FILE, {**owner.to_dict(), "created_at": time.time()})
     return run_dir

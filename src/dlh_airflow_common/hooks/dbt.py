@@ -9,7 +9,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,15 @@ from dlh_airflow_common.dbt.artifacts import (
     load_artifact,
 )
 from dlh_airflow_common.dbt.command import DbtCommand
-from dlh_airflow_common.dbt.detached import EVENTS_FILE, SPEC_FILE, STATUS_FILE, DetachedProcess, launch, read_json
+from dlh_airflow_common.dbt.detached import (
+    EVENTS_FILE,
+    SPEC_FILE,
+    STATUS_FILE,
+    DetachedProcess,
+    launch,
+    read_dbt_process,
+    read_json,
+)
 from dlh_airflow_common.dbt.invocation import (
     BASE_ENV,
     DEFAULT_GRACE_PERIOD,
@@ -42,6 +49,7 @@ from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, repl
 from dlh_airflow_common.dbt.result import DbtTaskResult, build_result
 from dlh_airflow_common.dbt.retry import RetryPolicy, merge_summaries
 from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
+from dlh_airflow_common.dbt.run_dir_sweep import sweep_run_dirs
 from dlh_airflow_common.exceptions.dbt import (
     DbtException,
     DbtExecutionTimeoutException,
@@ -52,7 +60,7 @@ from dlh_airflow_common.hooks.dbt_profiles import render_target
 __all__ = ["DbtHook", "DbtTaskResult"]
 
 
-DETACHED_PROFILE_DIR = "profile"
+PROFILE_DIR = "profile"  # the generated profiles.yml of a run, inside its run dir
 
 
 def _retry_command(command: DbtCommand) -> DbtCommand:
@@ -95,6 +103,9 @@ class DbtHook(BaseHook):
         project, dbt version, target and vars.
     :param deps_cache: Install ``packages.yml`` packages once per lock and share them between runs.
     :param cache_dir: Where those caches live (default ``<run dir root>/.dlh_cache``).
+    :param orphan_run_dir_age: At the start of each run, remove run dirs under the same root whose task,
+        runner and dbt are all gone on this host and that have been idle this many seconds (leftovers
+        of killed tasks); ``None`` or 0 turns this off.
     """
 
     conn_name_attr = "conn_id"
@@ -125,6 +136,7 @@ class DbtHook(BaseHook):
         partial_parse_cache: bool = True,
         deps_cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        orphan_run_dir_age: float | None = 3600.0,
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
@@ -159,6 +171,7 @@ class DbtHook(BaseHook):
         self.cache_dir = str(cache_dir) if cache_dir else None
         self._parse_seed: Any = None
         self._last_artifacts: KeptArtifacts | None = None
+        self.orphan_run_dir_age = orphan_run_dir_age
 
     @property
     def run_log(self) -> Any:
@@ -172,9 +185,6 @@ class DbtHook(BaseHook):
             get_connection=self.get_connection, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
             target=self.target, schema_override=self.schema_override, env_vars=self.env_vars,
         )  # fmt: skip
-
-    def _profile(self, project: DbtProject, into: Path | None = None) -> AbstractContextManager[Profile]:
-        return self.profile_source.open(project, into)
 
     def _connection(self, conn_id: str) -> Any:
         return dataclasses.replace(self.profile_source, conn_id=conn_id).connection()
@@ -229,16 +239,17 @@ class DbtHook(BaseHook):
         policy = RetryPolicy(self.retry_limit, self.retry_delay)
         self._cancelled.clear()
         result: DbtTaskResult | None = None
-        with self._profile(project) as profile:
-            run_dir = self._new_run_dir(project, run_name)
-            try:
-                state_dir = Path(resume_state) if resume_state is not None else None
-                first = self._resume_command(dbt_command, state_dir, run_dir)
-                result = self._run_attempts(first, dbt_command, project, profile, run_dir, policy)
-                stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
-                self._conclude(result, run_dir, state_dir, post_run, stopped=stopped)
-            finally:
-                self._release(run_dir, result)
+        prepared = self.profile_source.prepare(project)  # every profile check, before anything is written
+        run_dir = self._new_run_dir(project, run_name)
+        try:
+            profile = prepared.write(run_dir.path / PROFILE_DIR)
+            state_dir = Path(resume_state) if resume_state is not None else None
+            first = self._resume_command(dbt_command, state_dir, run_dir)
+            result = self._run_attempts(first, dbt_command, project, profile, run_dir, policy)
+            stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
+            self._conclude(result, run_dir, state_dir, post_run, stopped=stopped)
+        finally:
+            self._release(run_dir, result)
         return _raise_or_return(result, raise_on_failure)
 
     def start_detached(
@@ -267,15 +278,16 @@ class DbtHook(BaseHook):
             command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
             threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args),
         )  # fmt: skip
+        prepared = self.profile_source.prepare(project)
         run_dir = self._new_run_dir(project, run_name)
         try:
-            with self._profile(project, into=run_dir.path / DETACHED_PROFILE_DIR) as profile:
-                state_dir = Path(resume_state) if resume_state is not None else None
-                first = self._resume_command(dbt_command, state_dir, run_dir)
-                argv = subprocess_argv(self.venv_path, self._argv(first, project, profile, run_dir))
-                self._before_invocation(project, run_dir, first)
-                env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1"}
-                process = launch(run_dir.path, argv, env, meta={"command": first.command})
+            profile = prepared.write(run_dir.path / PROFILE_DIR)
+            state_dir = Path(resume_state) if resume_state is not None else None
+            first = self._resume_command(dbt_command, state_dir, run_dir)
+            argv = subprocess_argv(self.venv_path, self._argv(first, project, profile, run_dir))
+            self._before_invocation(project, run_dir, first)
+            env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1"}
+            process = launch(run_dir.path, argv, env, meta={"command": first.command})
         except BaseException:
             run_dir.cleanup()
             raise
@@ -302,8 +314,8 @@ class DbtHook(BaseHook):
         self.last_target_path = str(run_dir.target_path)
         self._last_artifacts = None
         result: DbtTaskResult | None = None
-        if event.get("stopped") is not False:  # dbt has ended: its generated profile is not needed any more
-            shutil.rmtree(run_dir.path / DETACHED_PROFILE_DIR, ignore_errors=True)
+        dbt = read_dbt_process(run_dir.path) if event.get("stopped") is not False else None
+        still_running = dbt is not None and dbt.alive_here()
         try:
             spec = read_json(run_dir.path / SPEC_FILE) or {}
             command = str(spec.get("command") or "dbt")
@@ -321,12 +333,22 @@ class DbtHook(BaseHook):
             if kind == "lost":
                 result.success = False
                 result.error = DbtException(str(event.get("message") or "The detached dbt run was lost."))
+            if still_running and dbt is not None:
+                result.success = False
+                reason = f"{result.error} " if result.error is not None else ""
+                result.error = DbtException(f"{reason}dbt (pid {dbt.pid}) was still running; its run dir is kept.")
             self._log_summary(result, command, run_dir)
             state_dir = Path(resume_state) if resume_state is not None else None
             self._conclude(result, run_dir, state_dir, post_run, stopped=kind in ("timeout", "killed", "lost"))
         finally:
             if event.get("stopped") is False:  # dbt may still be running on another host: leave its files
                 self.run_log.warning("Keeping %s: dbt could not be stopped from this host", run_dir.path)
+                self.invocation = None
+            elif still_running and dbt is not None:  # removing its files under a live dbt helps nobody
+                self.run_log.warning(
+                    "dbt (pid %s) is still running: not removing its run dir %s (a later run sweeps it once dbt "
+                    "has ended)", dbt.pid, run_dir.path,
+                )  # fmt: skip
                 self.invocation = None
             else:
                 self._release(run_dir, result)
@@ -353,6 +375,8 @@ class DbtHook(BaseHook):
             run_dir = dataclasses.replace(run_dir, target=target)
         self.last_target_path = str(run_dir.target_path)
         self._last_artifacts = None
+        if self.orphan_run_dir_age:  # run dirs of killed tasks, that nothing else will ever remove
+            sweep_run_dirs(run_dir.path.parent, self.orphan_run_dir_age, self.run_log)
         return run_dir
 
     def _user_target(self, project_dir: Path) -> Path | None:
@@ -380,7 +404,9 @@ class DbtHook(BaseHook):
     def _release(self, run_dir: RunDir, result: DbtTaskResult | None) -> None:
         """Remove the run dir unless it is kept; the getters then read the artifacts kept in memory."""
         self.invocation = None
+        shutil.rmtree(run_dir.path / PROFILE_DIR, ignore_errors=True)  # dbt has ended: no need for its profile
         if self.keep_target_artifacts:
+            run_dir.disown()  # the user's now: no sweep may remove it
             self.run_log.info("Keeping dbt artifacts in %s", run_dir.path)
             return
         if run_dir.target is not None:  # the user's target_path is never removed: the getters read it there

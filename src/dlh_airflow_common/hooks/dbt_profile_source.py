@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, temporary_profiles_dir, write_profiles_file
+from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE, write_profiles_file
 from dlh_airflow_common.dbt.project import DbtProject
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtProfileException
@@ -29,6 +29,22 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class PreparedProfile:
+    """A checked profile; a generated one (``generated``, secrets only as ``env_var``) is not written yet."""
+
+    profile: Profile
+    generated: Mapping[str, Any] | None = None
+
+    def write(self, into: Path) -> Profile:
+        """The profile for one run; a generated one goes into ``into`` (``<run dir>/profile``), made 0700."""
+        if self.generated is None:
+            return self.profile
+        assert self.profile.profile_name is not None and self.profile.target is not None
+        directory = write_profiles_file(into, self.profile.profile_name, self.profile.target, self.generated)
+        return dataclasses.replace(self.profile, profiles_dir=str(directory))
+
+
+@dataclass(frozen=True)
 class ProfileSource:
     """The profile settings of a hook; ``get_connection`` is the hook's own Airflow lookup."""
 
@@ -39,9 +55,8 @@ class ProfileSource:
     schema_override: str | None = None
     env_vars: Mapping[str, str] = field(default_factory=dict)
 
-    @contextmanager
-    def open(self, project: DbtProject, into: Path | None = None) -> Iterator[Profile]:
-        """The profile for one run; a generated one lives in a temp dir, or in ``into`` (a detached run's dir)."""
+    def prepare(self, project: DbtProject) -> PreparedProfile:
+        """Every check and the rendering of a generated profile, before anything is written."""
         if self.conn_id and self.profiles_dir:
             raise DbtProfileException(
                 f"Pass either conn_id ({self.conn_id!r}) or profiles_dir ({self.profiles_dir}), not both.",
@@ -56,18 +71,15 @@ class ProfileSource:
                 profiles_dir = str(project.path)
             if profiles_dir is not None and not (Path(profiles_dir) / PROFILES_FILE).is_file():
                 raise DbtProfileException(f"profiles_dir {profiles_dir} has no {PROFILES_FILE}.")
-            yield Profile(profiles_dir=profiles_dir, profile_name=None, target=self.target, env=env)
-            return
+            return PreparedProfile(Profile(profiles_dir=profiles_dir, profile_name=None, target=self.target, env=env))
         rendered = render_target(self.connection(), schema_override=self.schema_override)
-        profile_name = project.profile or GENERATED_PROFILE_NAME
-        target_name = self.target or GENERATED_TARGET_NAME
-        env = {**env, **rendered.secret_env}
-        if into is not None:
-            directory = write_profiles_file(into, profile_name, target_name, rendered.target)
-            yield Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
-            return
-        with temporary_profiles_dir(profile_name, target_name, rendered.target) as directory:
-            yield Profile(profiles_dir=str(directory), profile_name=profile_name, target=target_name, env=env)
+        profile = Profile(
+            profiles_dir=None,
+            profile_name=project.profile or GENERATED_PROFILE_NAME,
+            target=self.target or GENERATED_TARGET_NAME,
+            env={**env, **rendered.secret_env},
+        )
+        return PreparedProfile(profile, generated=rendered.target)
 
     def connection(self) -> Any:
         """The Airflow connection, or a DbtProfileException that says where Airflow looked."""

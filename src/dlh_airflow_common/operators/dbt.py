@@ -92,6 +92,8 @@ class DbtOperator(BaseOperator):
     :param artifacts_strict: Fail the task when the upload fails (default: a warning).
     :param publish_docs: With ``docs generate``: write the static docs page and publish it with the
         artifacts (implies ``upload_artifacts``).
+    :param orphan_run_dir_age: Seconds after which a run dir left by a killed task (its task, runner and
+        dbt all gone on this host) is removed by the next run under the same root; ``None`` turns it off.
     :param kwargs: Every ``BaseOperator`` argument (``retries``, ``retry_delay``, ``pool``, ...).
     """
 
@@ -151,6 +153,7 @@ class DbtOperator(BaseOperator):
         artifacts_gzip: bool = False,
         artifacts_strict: bool = False,
         publish_docs: bool = False,
+        orphan_run_dir_age: float | None = 3600.0,
         **kwargs: Any,
     ) -> None:
         timeout = as_timedelta(execution_timeout)
@@ -193,6 +196,7 @@ class DbtOperator(BaseOperator):
         self.artifacts_gzip = artifacts_gzip
         self.artifacts_strict = artifacts_strict
         self.publish_docs = publish_docs
+        self.orphan_run_dir_age = orphan_run_dir_age
         self._artifact_settings().validate()
         self._lineage: DbtLineage | None = None
 
@@ -214,6 +218,7 @@ class DbtOperator(BaseOperator):
             execution_timeout=self.dbt_timeout.total_seconds() if self.dbt_timeout else None,
             grace_period=self.kill_grace_period,
             logger=self.log,
+            orphan_run_dir_age=self.orphan_run_dir_age,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -262,6 +267,7 @@ class DbtOperator(BaseOperator):
             poll_interval=self.check_interval,
             deadline=process.started_at + timeout if timeout else None,
             grace_period=self.kill_grace_period,
+            keep_run_dir=self.keep_target_artifacts,
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 

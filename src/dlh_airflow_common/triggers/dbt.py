@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,19 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dlh_airflow_common.dbt.detached import (
     EVENTS_FILE,
+    PROCESS_FILE,
     STATUS_FILE,
+    DbtProcess,
     DetachedProcess,
-    process_alive,
+    read_dbt_process,
     read_json,
-    stop_group,
 )
+from dlh_airflow_common.dbt.processes import process_alive
 from dlh_airflow_common.dbt.report import ProgressReporter
 from dlh_airflow_common.exceptions.dbt import classify_dbt_error
 
 _STOP_POLL_SECONDS = 0.2
+_KILL_WAIT_SECONDS = 10.0  # after SIGKILL: long enough for the kernel to end the group, short enough to give up
 _NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
 _MAX_TAIL_BYTES = 256 * 1024  # per poll: progress lines are small; a huge backlog is skipped, not parsed
 
@@ -37,8 +42,10 @@ class DbtExecutionTrigger(BaseTrigger):
     Every poll reads ``status.json`` (a few hundred bytes) and new progress lines in one worker-thread hop;
     the first poll comes at a random phase of ``poll_interval``, so many triggers do not poll in step.
     ``deadline`` (epoch seconds) stops dbt gracefully: SIGINT to its process group, ``grace_period``
-    seconds, then SIGKILL. ``on_kill`` (a user marked or cleared the task) stops it the same way;
-    ``cleanup`` never does, so a triggerer restart leaves dbt running and the re-created trigger
+    seconds, then SIGKILL. ``on_kill`` (a user marked or cleared the task) stops it the same way and then
+    removes the run dir (``execute_complete`` never runs after a kill) unless ``keep_run_dir``. A runner
+    that died without a status is ``lost``; dbt, if it outlived it, is stopped first. ``cleanup`` never
+    stops or removes anything, so a triggerer restart leaves dbt running and the re-created trigger
     keeps watching.
     """
 
@@ -54,6 +61,7 @@ class DbtExecutionTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         deadline: float | None = None,
         grace_period: float = 30.0,
+        keep_run_dir: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.run_dir = run_dir
@@ -65,7 +73,9 @@ class DbtExecutionTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.deadline = deadline
         self.grace_period = grace_period
+        self.keep_run_dir = keep_run_dir
         self._offset = 0
+        self._dbt: DbtProcess | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -80,6 +90,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "deadline": self.deadline,
                 "grace_period": self.grace_period,
+                "keep_run_dir": self.keep_run_dir,
             },
         )
 
@@ -117,8 +128,14 @@ class DbtExecutionTrigger(BaseTrigger):
                 yield self._finished(status)
                 return
             if state == _GONE:
+                dbt = await asyncio.to_thread(self._dbt_process)
+                outlived = dbt is not None and dbt.alive_here()
+                if outlived:  # dbt must never outlive its runner: nobody would ever collect or stop it
+                    await self._stop("runner lost")
                 yield self._event(
-                    "lost", message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE}."
+                    "lost",
+                    message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE}."
+                    + (f" dbt (pid {dbt.pid}) outlived it and was stopped." if outlived and dbt else ""),
                 )
                 return
             if self.deadline is not None and time.time() >= self.deadline:
@@ -178,36 +195,87 @@ class DbtExecutionTrigger(BaseTrigger):
                 except ValueError:
                     continue
 
+    def _dbt_process(self) -> DbtProcess | None:
+        """dbt as its runner recorded it (file read: call in a worker thread); kept once known."""
+        if self._dbt is None:
+            self._dbt = read_dbt_process(Path(self.run_dir))
+        return self._dbt
+
+    def _running(self) -> tuple[bool, bool]:
+        """Whether the runner and dbt still run here (reads /proc and the run dir: call in a worker thread)."""
+        dbt = self._dbt_process()
+        return process_alive(self.pid, self.start_ticks), dbt is not None and dbt.alive_here()
+
+    def _signal(self, sig: int) -> None:
+        """``sig`` to the run's process group, only while the runner or dbt is still the recorded process."""
+        if any(self._running()):
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, sig)
+
+    async def _ended_within(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while True:
+            if not any(await asyncio.to_thread(self._running)):
+                return True
+            if time.monotonic() >= end:
+                return False
+            await asyncio.sleep(_STOP_POLL_SECONDS)
+
     async def _stop(self, reason: str) -> bool:
         """SIGINT to dbt's group, wait up to the grace period without blocking the loop, then SIGKILL.
 
-        False when dbt runs on another host and cannot be signalled from here. If Airflow cuts the wait
-        short (``on_kill_timeout``), dbt gets SIGKILL at once rather than being left running.
+        True once neither the runner nor dbt runs any more; False when dbt runs on another host (it cannot be
+        signalled from here) or survived SIGKILL. A dbt whose runner died already got SIGINT from the kernel
+        (parent-death signal): it is not sent a second one, which would cut its query cancellation short.
+        If Airflow cuts the wait short (``on_kill_timeout``), dbt gets SIGKILL at once rather than being left
+        running.
         """
-        process = self.process
         if self.host != socket.gethostname():
             here = socket.gethostname()
             self.log.warning("Cannot stop dbt on %s from %s: signal it there (pid %s)", self.host, here, self.pid)
             return False
-        if not stop_group(process, signal.SIGINT):
+        runner_alive, dbt_alive = await asyncio.to_thread(self._running)
+        if not (runner_alive or dbt_alive):
             return True
-        self.log.info("Stopping dbt (%s): SIGINT sent to process group %s", reason, self.pgid)
-        end = time.monotonic() + self.grace_period
+        dbt = self._dbt
         try:
-            while time.monotonic() < end:
-                if not process_alive(self.pid, self.start_ticks):
-                    return True
-                await asyncio.sleep(_STOP_POLL_SECONDS)
+            if not runner_alive and dbt is not None and dbt.parent_death_signal:
+                self.log.info("Stopping dbt (%s): its runner is gone, dbt (pid %s) got SIGINT then", reason, dbt.pid)
+            else:
+                self._signal(signal.SIGINT)
+                self.log.info("Stopping dbt (%s): SIGINT sent to process group %s", reason, self.pgid)
+            if await self._ended_within(self.grace_period):
+                return True
         except asyncio.CancelledError:
-            stop_group(process, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             raise
         self.log.warning("dbt did not stop within %.0fs; sending SIGKILL to group %s", self.grace_period, self.pgid)
-        stop_group(process, signal.SIGKILL)
-        return True
+        self._signal(signal.SIGKILL)
+        return await self._ended_within(_KILL_WAIT_SECONDS)
 
     async def on_kill(self) -> None:
-        """A user marked or cleared the deferred task: stop dbt gracefully."""
-        await self._stop("task killed")
+        """A user marked or cleared the deferred task: stop dbt gracefully, then remove its run dir.
+
+        This is the only code that runs after a killed deferred task, so the run dir goes here (unless
+        ``keep_run_dir``), and only once dbt has stopped on this host.
+        """
+        if await self._stop("task killed") and not self.keep_run_dir:
+            await asyncio.to_thread(self._remove_run_dir)
+
+    def _remove_run_dir(self) -> None:
+        """Remove the run dir, only if it is a detached run's (it holds ``process.json``); never raises."""
+        path = Path(self.run_dir)
+        if not (path / PROCESS_FILE).is_file():
+            return
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            self.log.warning("Could not remove dbt run dir %s: %s", path, err)
+            return
+        self.log.info("Removed dbt run dir %s (the task was killed)", path)
 
     async def cleanup(self) -> None:
-        """Nothing to release; dbt is deliberately left running (a triggerer restart must not stop it)."""
+        """Nothing to release: before Airflow 3.3 this also runs on a triggerer restart, so dbt is left
+        running and its run dir left in place for the re-created trigger."""
