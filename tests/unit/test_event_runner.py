@@ -6,8 +6,10 @@ covered in tests/integration/test_event_runner.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from dlh_airflow_common.dbt import event_runner
 from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS, event_dict
+from dlh_airflow_common.dbt.processes import process_alive
 from fake_dbt_runner import FakeDbtRunner, install_fake_runner
 
 SECRET = "s3cr3t-Value-91"
@@ -190,3 +193,43 @@ def test_main_unfreezes_when_dbt_raises(
     with pytest.raises(KeyboardInterrupt):
         event_runner.main(["run"])
     assert gc.get_freeze_count() == 0
+
+
+def test_an_orphaned_runner_that_ignores_sigint_ends_itself_after_the_grace_period(tmp_path: Path) -> None:
+    """dbt can hang on the parent-death SIGINT: the runner's watchdog then ends it, with a real process tree."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = (
+        "import os, signal, sys, time\n"
+        "from dlh_airflow_common.dbt.event_runner import end_when_orphaned\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)  # a dbt that does not stop on SIGINT\n"
+        "end_when_orphaned(0.3, poll=0.05)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+         "time.sleep(120)"],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        orphan = int(pid_file.read_text())
+        assert process_alive(orphan, None)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while process_alive(orphan, None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(orphan, None), "the orphaned runner outlived its parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,8 +61,35 @@ def _scrubber() -> Callable[[str], str]:
     return env_scrubber
 
 
+# Set by whoever starts the runner: once that process has died, seconds dbt gets to stop on the kernel's
+# parent-death SIGINT before the runner ends itself.
+ORPHAN_GRACE_ENV = "DLH_DBT_ORPHAN_GRACE_SECONDS"
+
+
+def end_when_orphaned(grace: float, *, poll: float = 0.5) -> threading.Thread:
+    """Once the parent is gone and ``grace`` seconds have passed, SIGKILL this process (its group when it
+    leads one): dbt does not always stop on SIGINT alone, its rollback can wait on the very query it cancels.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        time.sleep(grace)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="dlh-orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: Sequence[str]) -> int:
     """Run ``dbt <argv>``, streaming its events; return the dbt CLI's exit code."""
+    grace = os.environ.get(ORPHAN_GRACE_ENV)
+    if grace:
+        end_when_orphaned(float(grace))
     from dbt.cli.main import dbtRunner
 
     scrub = _scrubber()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dlh_airflow_common.dbt import event_runner
-from dlh_airflow_common.dbt.event_runner import RUNNER_LOG_ARGS, event_dict, freeze_parsed_heap
+from dlh_airflow_common.dbt.event_runner import ORPHAN_GRACE_ENV, RUNNER_LOG_ARGS, event_dict, freeze_parsed_heap
 from dlh_airflow_common.dbt.events import is_error_event
 from dlh_airflow_common.dbt.processes import interrupt_when_parent_dies
 from dlh_airflow_common.exceptions.dbt import DbtException
@@ -233,7 +233,7 @@ class DbtInvocation:
     # -- subprocess ---------------------------------------------------------------------------------
     def _run_subprocess(self, timeout: float | None) -> InvocationResult:
         args = self.subprocess_args
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", ORPHAN_GRACE_ENV: str(self.grace_period)}
         deadline = time.monotonic() + timeout if timeout else None
         process = subprocess.Popen(
             args,

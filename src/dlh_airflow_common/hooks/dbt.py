@@ -33,6 +33,7 @@ from dlh_airflow_common.dbt.detached import (
     read_dbt_process,
     read_json,
 )
+from dlh_airflow_common.dbt.event_runner import ORPHAN_GRACE_ENV
 from dlh_airflow_common.dbt.invocation import (
     BASE_ENV,
     DEFAULT_GRACE_PERIOD,
@@ -286,7 +287,8 @@ class DbtHook(BaseHook):
             first = self._resume_command(dbt_command, state_dir, run_dir)
             argv = subprocess_argv(self.venv_path, self._argv(first, project, profile, run_dir))
             self._before_invocation(project, run_dir, first)
-            env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1",
+                   ORPHAN_GRACE_ENV: str(self.grace_period)}  # fmt: skip
             process = launch(run_dir.path, argv, env, meta={"command": first.command})
         except BaseException:
             run_dir.cleanup()
