@@ -239,6 +239,9 @@ def test_reported_nodes_are_bounded_but_all_are_counted(log: logging.Logger, mon
         reporter(model_result(i, 3, "success", f"model.p.m{i}", 0.1))
     assert reporter.nodes_done == 3
     assert [node.unique_id for node in reporter.reported_nodes] == ["model.p.m1", "model.p.m2"]
+    logging_only = ProgressReporter(log, max_nodes=0)
+    logging_only(model_result(1, 1, "success", "model.p.m1", 0.1))
+    assert logging_only.nodes_done == 1 and logging_only.reported_nodes == ()
 
 
 def test_replay_keeps_the_reported_nodes_of_a_detached_run(

@@ -84,8 +84,13 @@ def _node_result(event: Mapping[str, Any]) -> tuple[int, int, str, str, float | 
 class ProgressReporter:
     """Turns dbt's events (JSON log lines or in-process callbacks, same shape) into task-log lines."""
 
-    def __init__(self, log: Any, *, ascii_only: bool = True, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, log: Any, *, ascii_only: bool = True, redactor: Redactor | None = None, max_nodes: int | None = None
+    ) -> None:
+        """``max_nodes``: how many node results to keep for the summary (default ``MAX_REPORTED_NODES``; 0 for
+        a reporter that only logs, such as the trigger's)."""
         self.log = log
+        self.max_nodes = MAX_REPORTED_NODES if max_nodes is None else max_nodes
         self.ascii_only = ascii_only
         self.redact = redactor or Redactor(())
         self.nodes_done = 0
@@ -105,7 +110,7 @@ class ProgressReporter:
             self.nodes_done += 1
             self.nodes_succeeded += status in _SUCCEEDED
             self.nodes_total = max(self.nodes_total, total)
-            if len(self._reported) < MAX_REPORTED_NODES or unique_id in self._reported:
+            if len(self._reported) < self.max_nodes or unique_id in self._reported:
                 self._reported[unique_id] = NodeOutcome(unique_id, dbt_status or "unknown", seconds or 0.0)
             timing = f" {seconds:.2f}s" if seconds is not None else ""
             self.log.log(level, "[%d/%d] %s %s ...%s", index, total, status, unique_id, timing)
