@@ -109,7 +109,7 @@ class DbtExecutionTrigger(BaseTrigger):
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        reporter = ProgressReporter(self.log)
+        reporter = ProgressReporter(self.log, max_nodes=0)  # the trigger only logs progress: keep no results
         same_host = self.host == socket.gethostname()
         # Start at a random phase of the interval: triggers created together (a triggerer restart re-creates
         # all of them at once) would otherwise poll in step, and their bunched reads delay the whole loop.
