@@ -753,3 +753,17 @@ async def test_cleanup_never_removes_the_run_dir(runs: Runs) -> None:
     run.reap()
     await run.trigger().cleanup()  # before Airflow 3.3 also on a triggerer restart
     assert (run.run_dir / PROCESS_FILE).is_file()
+
+
+async def test_on_kill_fits_its_grace_period_into_the_triggerers_on_kill_timeout(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch, progress: Any
+) -> None:
+    """A dbt that ignores SIGINT with a 60 s grace period: SIGKILL comes early enough to remove the run dir
+    before the triggerer cancels on_kill (its [triggerer] on_kill_timeout, here 13 s)."""
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "13")
+    run = runs.start(STUBBORN)
+    as_detached_run_dir(run)
+    await asyncio.wait_for(run.trigger(grace_period=60.0).on_kill(), timeout=13)
+    assert run.reap() == -signal.SIGKILL
+    assert not run.run_dir.exists(), "SIGKILL and the removal fitted into on_kill_timeout"
+    assert any("did not stop within 1s" in m for m in messages(progress, logging.WARNING))

@@ -31,9 +31,20 @@ from dlh_airflow_common.dbt.report import ProgressReporter
 from dlh_airflow_common.exceptions.dbt import classify_dbt_error
 
 _STOP_POLL_SECONDS = 0.2
+_REMOVAL_SECONDS = 2.0  # what on_kill keeps of Airflow's on_kill_timeout for removing the run dir
 _KILL_WAIT_SECONDS = 10.0  # after SIGKILL: long enough for the kernel to end the group, short enough to give up
 _NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
 _MAX_TAIL_BYTES = 256 * 1024  # per poll: progress lines are small; a huge backlog is skipped, not parsed
+
+
+def on_kill_timeout() -> float:
+    """Seconds Airflow's triggerer gives ``on_kill`` before cancelling it (``[triggerer] on_kill_timeout``)."""
+    try:
+        from airflow.configuration import conf
+
+        return float(conf.getint("triggerer", "on_kill_timeout", fallback=30))
+    except Exception:  # an Airflow without the option: its default
+        return 30.0
 
 
 class DbtExecutionTrigger(BaseTrigger):
@@ -221,7 +232,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 return False
             await asyncio.sleep(_STOP_POLL_SECONDS)
 
-    async def _stop(self, reason: str) -> bool:
+    async def _stop(self, reason: str, grace_period: float | None = None) -> bool:
         """SIGINT to dbt's group, wait up to the grace period without blocking the loop, then SIGKILL.
 
         True once neither the runner nor dbt runs any more; False when dbt runs on another host (it cannot be
@@ -238,18 +249,19 @@ class DbtExecutionTrigger(BaseTrigger):
         if not (runner_alive or dbt_alive):
             return True
         dbt = self._dbt
+        grace = self.grace_period if grace_period is None else grace_period
         try:
             if not runner_alive and dbt is not None and dbt.parent_death_signal:
                 self.log.info("Stopping dbt (%s): its runner is gone, dbt (pid %s) got SIGINT then", reason, dbt.pid)
             else:
                 self._signal(signal.SIGINT)
                 self.log.info("Stopping dbt (%s): SIGINT sent to process group %s", reason, self.pgid)
-            if await self._ended_within(self.grace_period):
+            if await self._ended_within(grace):
                 return True
         except asyncio.CancelledError:
             self._signal(signal.SIGKILL)
             raise
-        self.log.warning("dbt did not stop within %.0fs; sending SIGKILL to group %s", self.grace_period, self.pgid)
+        self.log.warning("dbt did not stop within %.0fs; sending SIGKILL to group %s", grace, self.pgid)
         self._signal(signal.SIGKILL)
         return await self._ended_within(_KILL_WAIT_SECONDS)
 
@@ -259,7 +271,9 @@ class DbtExecutionTrigger(BaseTrigger):
         This is the only code that runs after a killed deferred task, so the run dir goes here (unless
         ``keep_run_dir``), and only once dbt has stopped on this host.
         """
-        if await self._stop("task killed") and not self.keep_run_dir:
+        # The triggerer cancels on_kill after [triggerer] on_kill_timeout: SIGKILL and the removal must fit in.
+        grace = max(0.0, min(self.grace_period, on_kill_timeout() - _KILL_WAIT_SECONDS - _REMOVAL_SECONDS))
+        if await self._stop("task killed", grace) and not self.keep_run_dir:
             await asyncio.to_thread(self._remove_run_dir)
 
     def _remove_run_dir(self) -> None:
