@@ -80,7 +80,13 @@ def test_deferred_run_marked_failed_stops_dbt_and_its_query(
         assert deployment.task_instance("deploy_pg_kill", run_id, "dbt")["state"] == "failed"
         assert deployment.leftover_processes() == [], "nothing outside the services is left running"
         _eventually(lambda: not list(projects.faults_runs.glob("run_*")), STOP_LIMIT)
-        assert not list(projects.faults_runs.glob("run_*")), "the trigger's on_kill removes the run dir"
+        left = list(projects.faults_runs.glob("run_*"))
+        assert not left, (
+            f"the trigger's on_kill removes the run dir; left {[sorted(map(str, d.rglob('*'))) for d in left]}; "
+            "triggerer log:\n"
+            f"{deployment.services['triggerer'].log_tail(80)}\ntask log:\n"
+            f"{deployment.task_log_text('deploy_pg_kill', run_id, 'dbt')[-6000:]}"
+        )
     finally:
         sql(deploy_pg, f"update {AUDIT}.control set seconds = 0")
 

@@ -767,3 +767,17 @@ async def test_on_kill_fits_its_grace_period_into_the_triggerers_on_kill_timeout
     assert run.reap() == -signal.SIGKILL
     assert not run.run_dir.exists(), "SIGKILL and the removal fitted into on_kill_timeout"
     assert any("did not stop within 1s" in m for m in messages(progress, logging.WARNING))
+
+
+async def test_on_kill_cut_short_still_removes_the_run_dir_once_dbt_has_died(runs: Runs) -> None:
+    """The triggerer may cancel on_kill itself (a second cancel): SIGKILL at once, and the run dir still goes."""
+    run = runs.start(STUBBORN)
+    as_detached_run_dir(run)
+    killing = asyncio.create_task(run.trigger(grace_period=30.0).on_kill())
+    await polls()
+    killing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await killing
+    await until(lambda: not run.alive(), "dbt to get SIGKILL when on_kill is cut short", timeout=5.0)
+    await until(lambda: not run.run_dir.exists(), "the run dir to be removed after dbt died", timeout=15.0)
+    assert run.reap() == -signal.SIGKILL

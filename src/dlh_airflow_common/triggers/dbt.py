@@ -10,7 +10,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,15 @@ _REMOVAL_SECONDS = 2.0  # what on_kill keeps of Airflow's on_kill_timeout for re
 _KILL_WAIT_SECONDS = 10.0  # after SIGKILL: long enough for the kernel to end the group, short enough to give up
 _NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
 _MAX_TAIL_BYTES = 256 * 1024  # per poll: progress lines are small; a huge backlog is skipped, not parsed
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def on_kill_timeout() -> float:
@@ -273,7 +282,20 @@ class DbtExecutionTrigger(BaseTrigger):
         """
         # The triggerer cancels on_kill after [triggerer] on_kill_timeout: SIGKILL and the removal must fit in.
         grace = max(0.0, min(self.grace_period, on_kill_timeout() - _KILL_WAIT_SECONDS - _REMOVAL_SECONDS))
-        if await self._stop("task killed", grace) and not self.keep_run_dir:
+        try:
+            stopped = await self._stop("task killed", grace)
+        except asyncio.CancelledError:
+            # Cut short (the triggerer may cancel a trigger more than once): _stop sent SIGKILL; the run dir
+            # goes once the group has died, in a task of its own that this cancellation does not reach.
+            if not self.keep_run_dir:
+                self.log.info("on_kill was cut short: dbt got SIGKILL; its run dir goes once it has ended")
+                _in_background(self._remove_once_ended())
+            raise
+        if stopped and not self.keep_run_dir:
+            await asyncio.to_thread(self._remove_run_dir)
+
+    async def _remove_once_ended(self) -> None:
+        if await self._ended_within(_KILL_WAIT_SECONDS):
             await asyncio.to_thread(self._remove_run_dir)
 
     def _remove_run_dir(self) -> None:
