@@ -59,7 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.deployment)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the services stop once this tier is done (left idle, they slow every later test).
+@pytest.fixture(scope="package")
 def deploy_pg() -> Iterator[PostgresServer]:
     ok, reason = PostgresServer.available()
     if not ok:
@@ -75,7 +76,7 @@ def deploy_pg() -> Iterator[PostgresServer]:
         server.cleanup()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def projects(tmp_path_factory: pytest.TempPathFactory, deploy_pg: PostgresServer) -> Projects:
     root = tmp_path_factory.mktemp("deployment")
     shop = root / "shop"
@@ -87,7 +88,7 @@ def projects(tmp_path_factory: pytest.TempPathFactory, deploy_pg: PostgresServer
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployment(deploy_pg: PostgresServer, projects: Projects) -> Iterator[AirflowDeployment]:
     env = {
         f"AIRFLOW_CONN_{DUCKDB_CONN_ID.upper()}": json.dumps(
