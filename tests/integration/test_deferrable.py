@@ -86,12 +86,16 @@ def test_deferred_run_on_postgres(
     assert builds(pg_server) == {"a": 1, "b": 1, "c": 1}
 
 
+TIMEOUT_S = 40
+
+
 def test_deferred_timeout_stops_dbt_and_its_query(
     fault_project: Path, pg_server: PostgresServer, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_DEFER_PG", fault_conn(pg_server))
     sql(pg_server, f"update {AUDIT}.control set seconds = 600")
-    dag = _dag(tmp_path, "defer_timeout", fault_project, "run", "defer_pg", "execution_timeout=12")
+    # Long enough for a slow machine to parse and build a and b; c sleeps far longer.
+    dag = _dag(tmp_path, "defer_timeout", fault_project, "run", "defer_pg", f"execution_timeout={TIMEOUT_S}")
     started = time.monotonic()
     run = run_dag_file(dag, airflow_db / "dags", "defer_timeout")
     assert run.state == "failed"
@@ -100,7 +104,7 @@ def test_deferred_timeout_stops_dbt_and_its_query(
     assert "2 of 3 nodes had succeeded" in summary["error"]["message"]
     assert sleeping_queries(pg_server) == 0
     assert dbt_processes(str(fault_project)) == []
-    print(f"\ndeferred timeout: 12s limit, task failed after {time.monotonic() - started:.2f}s")
+    print(f"\ndeferred timeout: {TIMEOUT_S}s limit, task failed after {time.monotonic() - started:.2f}s")
 
 
 def _context(dag_id: str, task_id: str) -> dict[str, Any]:

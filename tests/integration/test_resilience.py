@@ -131,13 +131,17 @@ def test_retry_after_partial_progress_runs_only_unfinished_nodes(
     assert any(line.startswith("Running dbt retry") for _, line in watch.lines)
 
 
+TIMEOUT_S = 40
+
+
 def test_timeout_stops_dbt_and_cancels_its_query(
     fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
     sql(pg_server, f"update {AUDIT}.control set seconds = 600")
     watch = _Watch()
-    hook = DbtHook(fault_project, conn_id="fault_pg", execution_timeout=12, logger=_logger("timeout", watch))
+    # Long enough for a slow machine to parse and build a and b; c sleeps far longer.
+    hook = DbtHook(fault_project, conn_id="fault_pg", execution_timeout=TIMEOUT_S, logger=_logger("timeout", watch))
     started = time.monotonic()
     result = hook.run_dbt_task("run", raise_on_failure=False)
     stopped_after = time.monotonic() - started
@@ -146,7 +150,7 @@ def test_timeout_stops_dbt_and_cancels_its_query(
     assert result.attempts == 1, "a timeout is never retried"
     assert sleeping_queries(pg_server) == 0, "dbt cancelled its query before exiting"
     assert not Path(result.run_dir).exists()
-    print(f"\ntimeout: 12s limit, dbt stopped and the task returned after {stopped_after:.2f}s")
+    print(f"\ntimeout: {TIMEOUT_S}s limit, dbt stopped and the task returned after {stopped_after:.2f}s")
 
 
 class _Records(logging.Handler):
