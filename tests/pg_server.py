@@ -18,9 +18,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 _REQUIRED_BINARIES = ("initdb", "pg_ctl", "postgres", "psql")
 _SPEED_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
@@ -403,3 +404,20 @@ if __name__ == "__main__":
         print(f"started {server!r} in {time.monotonic() - started:.2f}s")
         print(server.psql("SELECT version();"))
         print(server.dsn())
+
+
+@contextlib.contextmanager
+def started_server(unavailable: Callable[[str], NoReturn]) -> Iterator[PostgresServer]:
+    """A started throwaway server, removed afterwards; ``unavailable`` (skip, or fail under CI) says why not."""
+    ok, reason = PostgresServer.available()
+    if not ok:
+        unavailable(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+    except (PostgresServerError, OSError) as exc:
+        unavailable(f"could not start: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -25,14 +26,14 @@ for _path in (_HERE, _HERE.parent):  # airflow_deployment, pg_server, pg_faults 
 from airflow_deployment import AirflowDeployment  # noqa: E402
 
 from pg_faults import fault_conn, make_fault_project  # noqa: E402
-from pg_server import PostgresServer, PostgresServerError  # noqa: E402
+from pg_server import PostgresServer, started_server  # noqa: E402
 from repo_paths import EXAMPLE_PROJECT, REPO_ROOT  # noqa: E402
 
 DUCKDB_CONN_ID = "deploy_duckdb"
 PG_CONN_ID = "fault_pg"
 
 
-def _server_unavailable(reason: str) -> None:
+def _server_unavailable(reason: str) -> NoReturn:
     """Fail in CI (a missing server must not pass silently), skip elsewhere; as tests/integration does."""
     message = f"PostgreSQL server for the Airflow deployment unavailable: {reason}"
     if os.environ.get("CI", "").strip().lower() == "true":
@@ -62,18 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # Package scope: the services stop once this tier is done (left idle, they slow every later test).
 @pytest.fixture(scope="package")
 def deploy_pg() -> Iterator[PostgresServer]:
-    ok, reason = PostgresServer.available()
-    if not ok:
-        _server_unavailable(reason)
-    server = PostgresServer()
-    try:
-        server.start()
-    except (PostgresServerError, OSError) as exc:
-        _server_unavailable(f"could not start: {exc}")
-    try:
+    with started_server(_server_unavailable) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="package")

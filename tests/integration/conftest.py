@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import pytest
 
@@ -18,7 +18,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from pg_server import PostgresServer, PostgresServerError  # noqa: E402
+from pg_server import PostgresServer, started_server  # noqa: E402
 
 # =====================================================================================================
 # PostgreSQL: one real throwaway server per test session (see tests/pg_server.py)
@@ -33,7 +33,7 @@ def _running_in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
 
 
-def _pg_unavailable(reason: str) -> None:
+def _pg_unavailable(reason: str) -> NoReturn:
     """Fail in CI, skip elsewhere."""
     message = f"PostgreSQL test server unavailable: {reason}"
     if _running_in_ci():
@@ -70,18 +70,8 @@ def pg_server() -> Iterator[PostgresServer]:
 
     Tests that stop the server must call ``start_again()`` before they finish.
     """
-    ok, reason = PostgresServer.available()
-    if not ok:
-        _pg_unavailable(reason)
-    server = PostgresServer()
-    try:
-        server.start()
-    except (PostgresServerError, OSError) as exc:
-        _pg_unavailable(f"could not start: {exc}")
-    try:
+    with started_server(_pg_unavailable) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
