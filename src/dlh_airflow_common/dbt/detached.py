@@ -1,8 +1,9 @@
 """dbt detached from the worker, for deferrable tasks: it outlives the task process and reports through files.
 
-``launch`` starts ``python -m dlh_airflow_common.dbt.detached <run_dir>``, which forks into a new session
-(so the worker can exit and nothing waits on it), records ``process.json``, runs dbt with its JSON events
-going to ``logs/events.jsonl``, and when dbt ends writes ``status.json`` atomically. Whoever watches the
+``launch`` starts ``python -m dlh_airflow_common.dbt.detached <run_dir>`` in a new session (so the worker
+can exit and a kill of its process group does not reach dbt), records it in ``process.json`` without waiting
+for it to start, and returns. The runner runs dbt with its JSON events going to ``logs/events.jsonl`` and,
+when dbt ends, writes ``status.json`` atomically. Whoever watches the
 run (the trigger) only ever reads those two small files. dbt gets SIGINT from the kernel if the runner dies
 (parent-death signal), and its pid is recorded in ``dbt_process.json`` so the trigger, ``finish_detached``
 and the run-dir sweep can tell whether dbt still runs.
@@ -35,7 +36,6 @@ STATUS_FILE = "status.json"
 DBT_PROCESS_FILE = "dbt_process.json"
 EVENTS_FILE = "events.jsonl"
 _MAX_ERROR_EVENTS = 200
-_LAUNCH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -103,17 +103,25 @@ def _record_dbt(run_dir: Path, pid: int, *, parent_death_signal: bool) -> None:
     write_json_atomic(run_dir / DBT_PROCESS_FILE, {**record.to_dict(), "pdeathsig": parent_death_signal})
 
 
+_RUNNERS: list[subprocess.Popen[bytes]] = []  # started by this process: reaped once they end
+
+
+def reap_runners() -> None:
+    """Reap runners this process started that have ended (a task process usually exits first: init reaps them)."""
+    _RUNNERS[:] = [runner for runner in _RUNNERS if runner.poll() is None]
+
+
 def launch(
     run_dir: Path, command: Sequence[str], env: Mapping[str, str], *, meta: Mapping[str, Any] | None = None
 ) -> DetachedProcess:
-    """Start dbt detached; return once the runner has recorded itself (raises if it never does).
+    """Start dbt detached and return at once: the runner's record is known from its pid (no start-up wait).
 
     ``meta`` is kept in the spec file for whoever finishes the run; it must hold no secret.
     """
+    reap_runners()
     write_json_atomic(run_dir / SPEC_FILE, {**(meta or {}), "argv": list(command)})
-    log = (run_dir / "logs" / "detached.out").open("ab")
-    with log:
-        starter = subprocess.Popen(
+    with (run_dir / "logs" / "detached.out").open("ab") as log:
+        runner = subprocess.Popen(
             [sys.executable, "-m", "dlh_airflow_common.dbt.detached", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -122,16 +130,13 @@ def launch(
             start_new_session=True,
             close_fds=True,
         )
-    starter.wait(timeout=_LAUNCH_TIMEOUT)  # it forks the runner and exits at once, so nothing is left to reap
-    deadline = time.monotonic() + _LAUNCH_TIMEOUT
-    while time.monotonic() < deadline:
-        recorded = read_json(run_dir / PROCESS_FILE)
-        if recorded is not None:
-            return DetachedProcess(**recorded)
-        time.sleep(0.05)
-    from dlh_airflow_common.exceptions.dbt import DbtException  # Airflow import: only on this error path
-
-    raise DbtException(f"The detached dbt runner did not start; see {run_dir / 'logs' / 'detached.out'}.")
+    _RUNNERS.append(runner)
+    process = DetachedProcess(
+        run_dir=str(run_dir), pid=runner.pid, pgid=runner.pid, host=socket.gethostname(),
+        started_at=time.time(), start_ticks=process_start_ticks(runner.pid),
+    )  # fmt: skip
+    write_json_atomic(run_dir / PROCESS_FILE, process.to_dict())  # the only writer of process.json
+    return process
 
 
 def stop_group(process: DetachedProcess, sig: int) -> bool:
@@ -150,18 +155,12 @@ def _run(run_dir: Path) -> int:
     spec = read_json(run_dir / SPEC_FILE)
     if spec is None:
         raise SystemExit(f"no readable {SPEC_FILE} in {run_dir}")
-    pid = os.getpid()
-    me = DetachedProcess(
-        run_dir=str(run_dir), pid=pid, pgid=os.getpgid(pid), host=socket.gethostname(),
-        started_at=time.time(), start_ticks=process_start_ticks(pid),
-    )  # fmt: skip
     # A Python handler (unlike SIG_IGN) is reset by exec, so dbt still gets SIGINT and cancels its queries,
     # while this runner survives long enough to write the status.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: None)
     error_events: list[dict[str, Any]] = []
     exit_code = -1
-    write_json_atomic(run_dir / PROCESS_FILE, me.to_dict())
     try:
         with (run_dir / "logs" / EVENTS_FILE).open("w", encoding="utf-8") as events:
             arm = interrupt_when_parent_dies()  # a killed runner must not leave dbt running on its own
@@ -182,8 +181,8 @@ def _run(run_dir: Path) -> int:
             {
                 "exit_code": exit_code,
                 "ended_at": time.time(),
-                "pid": pid,
-                "host": me.host,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
                 "error_events": error_events,
             },
         )
@@ -206,18 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m dlh_airflow_common.dbt.detached <run_dir>", file=sys.stderr)
         return 2
-    if os.fork() > 0:
-        return 0  # the starter exits at once; the runner below is adopted by init (or a subreaper)
-    code = 0
     try:
-        _run(Path(args[0]))
+        return _run(Path(args[0]))
     except BaseException:
         traceback.print_exc()  # into logs/detached.out: why dbt could not be started
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        return 1
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ class DbtExecutionTrigger(BaseTrigger):
                     await self._stop("runner lost")
                 yield self._event(
                     "lost",
-                    message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE}."
+                    message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE} (its own "
+                    f"output is in {Path(self.run_dir) / 'logs' / 'detached.out'})."
                     + (f" dbt (pid {dbt.pid}) outlived it and was stopped." if outlived and dbt else ""),
                 )
                 return
