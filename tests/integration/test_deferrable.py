@@ -14,6 +14,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from dag_runner import run_dag_file
+from dlh_airflow_common.dbt.channel import ChannelReader, RunStatus
 from dlh_airflow_common.operators.dbt import XCOM_SUMMARY_KEY, DbtOperator
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 from pg_faults import AUDIT, builds, dbt_processes, fault_conn, sleeping_queries, sql, wait_for
@@ -153,13 +154,14 @@ def test_fast_run_completes_without_deferring(
     """If dbt is done before the task would defer, it completes in execute."""
     import dlh_airflow_common.operators.dbt as operator_module
 
-    real_read = operator_module.read_json
+    class FinishedReader(ChannelReader):
+        """Reads the status only once the detached run has finished, as a very fast run would be."""
 
-    def wait_then_read(path: Path) -> Any:
-        wait_for(lambda: path.exists(), 120, "the detached run to finish")
-        return real_read(path)
+        def status(self) -> RunStatus | None:
+            wait_for(lambda: (super(FinishedReader, self).status() or RunStatus()).finished, 120, "the run to finish")
+            return super().status()
 
-    monkeypatch.setattr(operator_module, "read_json", wait_then_read)
+    monkeypatch.setattr(operator_module, "ChannelReader", FinishedReader)
     operator = DbtOperator(task_id="dbt", dbt_project_dir=str(example_project), dbt_command="parse",
                            conn_id="defer_duckdb", deferrable=True)  # fmt: skip
     context = _context("fast_test", "dbt")

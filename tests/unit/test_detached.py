@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common.dbt.channel import RunStatus
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
     EVENTS_FILE,
@@ -72,6 +73,15 @@ def proc_state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+def status_of(run_dir: Path) -> RunStatus | None:
+    return RunStatus.from_bytes((run_dir / STATUS_FILE).read_bytes()) if (run_dir / STATUS_FILE).is_file() else None
+
+
+def finished_status(run_dir: Path) -> RunStatus | None:
+    status = status_of(run_dir)
+    return status if status is not None and status.finished else None
 
 
 def zombie_children() -> list[int]:
@@ -298,15 +308,18 @@ def test_launch_runs_dbt_detached_and_reports_through_files(run_dir: Path, launc
     assert os.getsid(process.pid) == process.pgid == os.getpgid(process.pid)
     assert process.pgid != os.getpgid(0) and os.getsid(process.pid) != os.getsid(0)
     assert read_json(run_dir / SPEC_FILE) == {"command": "run", "argv": argv}
-    assert read_json(run_dir / STATUS_FILE) is None, "no status while dbt still runs"
+    running = wait_for(lambda: status_of(run_dir), "the first heartbeat")
+    assert not running.finished and running.runner_pid == process.pid and running.command == "run"
 
     gate.touch()
-    status = wait_for(lambda: read_json(run_dir / STATUS_FILE), "status.json")
-    assert status["exit_code"] == 3
-    assert status["pid"] == process.pid
-    assert status["host"] == process.host
-    assert status["ended_at"] >= process.started_at
-    assert status["error_events"] == [RUN_RESULT_ERROR], "only the error event is kept, not the OK node result"
+    status = wait_for(lambda: finished_status(run_dir), "the final status")
+    assert status.exit_code == 3
+    assert status.runner_pid == process.pid
+    assert status.host == process.host
+    assert status.ended_at is not None and status.ended_at >= process.started_at
+    assert status.error_events == [RUN_RESULT_ERROR], "only the error event is kept, not the OK node result"
+    assert [node["data"]["node_info"]["unique_id"] for node in status.nodes] == ["model.shop.good"]
+    assert status.node_count == 1 and status.stopped is None
 
     lines = (run_dir / "logs" / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[0])["info"]["name"] == "MainReportVersion"
@@ -326,8 +339,8 @@ def test_runner_survives_sigint_to_its_group_and_still_writes_the_status(
     events = run_dir / "logs" / EVENTS_FILE
     wait_for(lambda: events.is_file() and events.read_text(encoding="utf-8"), "dbt's first event")
     assert stop_group(process, signal.SIGINT)
-    status = wait_for(lambda: read_json(run_dir / STATUS_FILE), "status.json after SIGINT")
-    assert status["exit_code"] not in (0, -1), "dbt was interrupted, so it did not succeed"
+    status = wait_for(lambda: finished_status(run_dir), "the final status after SIGINT")
+    assert status.exit_code not in (0, -1), "dbt was interrupted, so it did not succeed"
     wait_for(lambda: not process_alive(process.pid, process.start_ticks), "the runner to exit")
 
 
@@ -335,15 +348,15 @@ def test_runner_records_a_dbt_that_cannot_start(run_dir: Path, launched: list[De
     """The status says dbt failed (-1); nothing else records why, so the runner's log must."""
     process = launch(run_dir, [str(run_dir / "no-such-dbt"), "run"], dict(os.environ))
     launched.append(process)
-    status = wait_for(lambda: read_json(run_dir / STATUS_FILE), "status.json")
-    assert status["exit_code"] == -1
-    assert status["error_events"] == []
+    status = wait_for(lambda: finished_status(run_dir), "the final status")
+    assert status.exit_code == -1
+    assert status.error_events == []
 
 
 def test_runner_logs_why_dbt_could_not_start(run_dir: Path, launched: list[DetachedProcess]) -> None:
     process = launch(run_dir, [str(run_dir / "no-such-dbt"), "run"], dict(os.environ))
     launched.append(process)
-    wait_for(lambda: read_json(run_dir / STATUS_FILE), "status.json")
+    wait_for(lambda: finished_status(run_dir), "the final status")
     wait_for(lambda: not process_alive(process.pid, process.start_ticks), "the runner to exit")
     detached_out = (run_dir / "logs" / "detached.out").read_text(encoding="utf-8")
     assert "no-such-dbt" in detached_out, "why dbt did not start is in the runner's own log"
@@ -392,7 +405,7 @@ def test_dbt_gets_sigint_when_the_runner_is_sigkilled(run_dir: Path, launched: l
     os.kill(process.pid, signal.SIGKILL)  # the runner only: nobody but the kernel tells dbt
     wait_for(lambda: not dbt.alive_here(), "dbt to stop after its runner died")
     assert mark.read_text() == "SIGINT", "dbt was interrupted (so it can cancel its queries), not killed"
-    assert read_json(run_dir / STATUS_FILE) is None, "a SIGKILLed runner writes no status: the trigger says lost"
+    assert finished_status(run_dir) is None, "a SIGKILLed runner writes no final status: the trigger says lost"
 
 
 def test_no_dbt_record_before_dbt_started(run_dir: Path) -> None:

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from airflow.triggers.base import TriggerEvent
 
+from dlh_airflow_common.dbt.channel import NODE_RING, ChannelSpec, ChannelWriter
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
-    EVENTS_FILE,
     PROCESS_FILE,
     STATUS_FILE,
     process_alive,
@@ -112,14 +112,18 @@ class FakeRun:
     first_line: str
     triggers: list[DbtExecutionTrigger] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    writer: ChannelWriter | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     @property
-    def events_file(self) -> Path:
-        return self.run_dir / "logs" / EVENTS_FILE
+    def channel(self) -> ChannelWriter:
+        """The real channel writer over this run dir, playing the runner's part."""
+        if self.writer is None:
+            self.writer = ChannelWriter(ChannelSpec(str(self.run_dir)), command="run")
+        return self.writer
 
     def trigger(self, **overrides: Any) -> DbtExecutionTrigger:
         kwargs: dict[str, Any] = {
@@ -139,12 +143,15 @@ class FakeRun:
         return trigger
 
     def write_status(self, exit_code: int, error_events: list[dict[str, Any]] | None = None) -> None:
-        status = {"exit_code": exit_code, "ended_at": time.time(), "pid": self.pid, "host": HOST}
-        write_json_atomic(self.run_dir / STATUS_FILE, {**status, "error_events": error_events or []})
+        for event in error_events or ():
+            self.channel.event(event)
+        self.channel.finish(exit_code, stopped=None)
 
-    def append_events(self, text: str) -> None:
-        with self.events_file.open("a", encoding="utf-8") as handle:
-            handle.write(text)
+    def publish(self, *events: dict[str, Any]) -> None:
+        """dbt's events as the runner takes them, then one heartbeat."""
+        for event in events:
+            self.channel.event(event)
+        self.channel.heartbeat()
 
     def alive(self) -> bool:
         return process_alive(self.pid, self.ticks)
@@ -271,6 +278,7 @@ async def test_success_is_reported_once_when_status_appears(runs: Runs) -> None:
             "host": HOST,
             "exit_code": 0,
             "started_at": run.started_at,
+            "channel": ChannelSpec(str(run.run_dir)).to_dict(),
         }
     ]
     assert run.alive(), "the trigger only watches; it never stops a run that finished"
@@ -294,6 +302,7 @@ async def test_runtime_error_names_the_exception_and_the_node(runs: Runs) -> Non
         "pid": run.pid,
         "host": HOST,
         "started_at": run.started_at,
+        "channel": ChannelSpec(str(run.run_dir)).to_dict(),
         "exit_code": 1,
         "reason": "DbtRuntimeException",
         "node_id": "model.shop.bad",
@@ -463,6 +472,8 @@ def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None
         "deadline": 1_790_003_600.5,
         "grace_period": 12.0,
         "keep_run_dir": True,
+        "channel": {"run_dir": str(tmp_path), "url": None, "conn_id": None, "heartbeat_interval": 5.0},
+        "heartbeat_timeout": 60.0,
     }
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
     assert isinstance(again, DbtExecutionTrigger)
@@ -486,7 +497,7 @@ async def test_triggerer_restart_leaves_dbt_running_and_the_new_trigger_resumes(
     # The first triggerer is mid-watch (it has logged progress) when it shuts down.
     iterator: AsyncIterator[TriggerEvent] = first.run()
     pending = asyncio.ensure_future(anext(iterator))
-    run.append_events(json.dumps(model_result(1, 2, "orders")) + "\n")
+    run.publish(model_result(1, 2, "orders"))
     await until(lambda: any("model.shop.orders" in m for m in messages(progress)), "the first progress line")
     assert not pending.done()
     pending.cancel()  # the triggerer shutting down cancels the trigger's task ...
@@ -505,7 +516,7 @@ async def test_triggerer_restart_leaves_dbt_running_and_the_new_trigger_resumes(
     watching = asyncio.create_task(all_events(second))
     await polls()
     assert not watching.done()
-    run.append_events(json.dumps(model_result(2, 2, "customers")) + "\n")
+    run.publish(model_result(2, 2, "customers"))
     await until(lambda: any("model.shop.customers" in m for m in messages(progress)), "progress after the restart")
     run.write_status(0)
     events = await watching
@@ -517,6 +528,7 @@ async def test_triggerer_restart_leaves_dbt_running_and_the_new_trigger_resumes(
             "host": HOST,
             "exit_code": 0,
             "started_at": run.started_at,
+            "channel": ChannelSpec(str(run.run_dir)).to_dict(),
         }
     ]
 
@@ -583,21 +595,18 @@ async def test_cleanup_never_stops_dbt(runs: Runs) -> None:
 # -- progress tailing -------------------------------------------------------------------------------------------
 
 
-async def test_progress_lines_are_logged_once_including_a_line_completed_later(runs: Runs, progress: Any) -> None:
+async def test_progress_lines_are_logged_once_across_heartbeats(runs: Runs, progress: Any) -> None:
     run = runs.start()
     trigger = run.trigger()
     watching = asyncio.create_task(all_events(trigger))
 
-    first = json.dumps(model_result(1, 3, "orders"))
-    second = json.dumps(model_result(2, 3, "customers", status="error"))
-    third = json.dumps(model_result(3, 3, "payments"))
-    noise = json.dumps({"info": {"name": "MainReportVersion", "level": "info", "msg": "Running with dbt=1.11"}})
-    run.append_events(noise + "\n" + first + "\n" + second[:40])  # the runner is in the middle of a line
+    noise = {"info": {"name": "MainReportVersion", "level": "info", "msg": "Running with dbt=1.11"}}
+    run.publish(noise, model_result(1, 3, "orders"))
     await until(lambda: any("model.shop.orders" in m for m in messages(progress)), "the first node result")
     await polls()
-    assert not any("model.shop.customers" in m for m in messages(progress)), "half a line is never parsed"
-
-    run.append_events(second[40:] + "\n" + "not json\n" + third + "\n")
+    run.publish(model_result(2, 3, "customers", status="error"))
+    run.publish()  # a heartbeat with nothing new
+    run.publish(model_result(3, 3, "payments"))
     await until(lambda: any("model.shop.payments" in m for m in messages(progress)), "the last node result")
     run.write_status(0)
     assert [e.payload["status"] for e in await watching] == ["success"]
@@ -608,32 +617,37 @@ async def test_progress_lines_are_logged_once_including_a_line_completed_later(r
         "[2/3] ERROR model.shop.customers ... 1.25s",
         "[3/3] OK model.shop.payments ... 1.25s",
     ]
-    assert not any("Running with dbt" in m for m in messages(progress)), "only node results are tailed"
+    assert not any("Running with dbt" in m for m in messages(progress)), "only node results are logged"
 
 
-async def test_lines_written_just_before_the_status_are_still_logged(runs: Runs, progress: Any) -> None:
+async def test_nodes_in_the_final_status_are_still_logged(runs: Runs, progress: Any) -> None:
     run = runs.start()
-    run.append_events(json.dumps(model_result(1, 1, "last")) + "\n")
+    run.channel.event(model_result(1, 1, "last"))
     run.write_status(0)
     assert (await the_event(run.trigger()))["status"] == "success"
     assert messages(progress) == ["[1/1] OK model.shop.last ... 1.25s"]
 
 
-async def test_a_huge_backlog_is_skipped_not_parsed(runs: Runs, progress: Any) -> None:
+async def test_nodes_beyond_the_ring_are_counted_not_lost_silently(runs: Runs, progress: Any) -> None:
     run = runs.start()
-    filler = json.dumps({"info": {"name": "LogModelResult", "level": "debug"}, "data": {"pad": "x" * 1000}})
-    run.append_events((filler + "\n") * 600)  # ~600 KB between two polls: beyond the per-poll tail limit
-    run.append_events(json.dumps(model_result(7, 7, "newest")) + "\n")
+    total = NODE_RING + 7
+    for index in range(1, total + 1):
+        run.channel.event(model_result(index, total, f"m{index}"))
     run.write_status(0)
     assert (await the_event(run.trigger()))["status"] == "success"
-    assert messages(progress) == ["[7/7] OK model.shop.newest ... 1.25s"]
+    logged = messages(progress)
+    assert logged[0] == "(7 more nodes finished; see the summary)"
+    assert len(logged) == NODE_RING + 1 and logged[-1] == f"[{total}/{total}] OK model.shop.m{total} ... 1.25s"
 
 
-async def test_no_events_file_yet_is_fine(runs: Runs, progress: Any) -> None:
+async def test_no_status_yet_is_fine(runs: Runs, progress: Any) -> None:
     run = runs.start()
-    assert not run.events_file.exists()
+    trigger = run.trigger()
+    watching = asyncio.create_task(all_events(trigger))
+    await polls()
+    assert not watching.done(), "no status yet: the run is still starting"
     run.write_status(0)
-    assert (await the_event(run.trigger()))["status"] == "success"
+    assert [e.payload["status"] for e in await watching] == ["success"]
     assert messages(progress) == []
 
 
@@ -645,7 +659,6 @@ async def test_the_event_lets_execute_complete_report_the_wall_time(runs: Runs, 
     project.mkdir()
     (project / "dbt_project.yml").write_text("name: shop\nversion: '1.0'\nprofile: shop\n", encoding="utf-8")
     run = runs.start()
-    write_json_atomic(run.run_dir / "detached_spec.json", {"command": "run", "argv": ["dbt", "run"]})
     started_at = time.time() - 42.0
     run.write_status(0)
     payload = await the_event(run.trigger(started_at=started_at))

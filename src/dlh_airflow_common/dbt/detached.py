@@ -1,41 +1,44 @@
-"""dbt detached from the worker, for deferrable tasks: it outlives the task process and reports through files.
+"""dbt detached from the worker, for deferrable tasks: it outlives the task process and reports through a channel.
 
 ``launch`` starts ``python -m dlh_airflow_common.dbt.detached <run_dir>`` in a new session (so the worker
 can exit and a kill of its process group does not reach dbt), records it in ``process.json`` without waiting
-for it to start, and returns. The runner runs dbt with its JSON events going to ``logs/events.jsonl`` and,
-when dbt ends, writes ``status.json`` atomically. Whoever watches the
-run (the trigger) only ever reads those two small files. dbt gets SIGINT from the kernel if the runner dies
-(parent-death signal), and its pid is recorded in ``dbt_process.json`` so the trigger, ``finish_detached``
-and the run-dir sweep can tell whether dbt still runs.
+for it to start, and returns. The runner runs dbt with its JSON events going to ``logs/events.jsonl`` and
+publishes its status through the run channel (``channel.py``: the run dir, or an object store for runs
+across hosts) every heartbeat and when dbt ends; it obeys the channel's cancel request and, as a backstop,
+its deadline. dbt gets SIGINT from the kernel if the runner dies (parent-death signal), and its pid is
+recorded in ``dbt_process.json`` so the trigger, ``finish_detached`` and the run-dir sweep can tell whether
+dbt still runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.events import is_error_event
+from dlh_airflow_common.dbt.channel import STATUS_FILE as STATUS_FILE  # re-exported (callers, tests)
+from dlh_airflow_common.dbt.channel import ChannelSpec, ChannelWriter, write_bytes_atomic
 from dlh_airflow_common.dbt.processes import ProcessRecord, interrupt_when_parent_dies
 from dlh_airflow_common.dbt.processes import process_alive as process_alive  # re-exported (bench, callers)
 from dlh_airflow_common.dbt.processes import process_start_ticks as process_start_ticks
 
 SPEC_FILE = "detached_spec.json"
 PROCESS_FILE = "process.json"
-STATUS_FILE = "status.json"
 DBT_PROCESS_FILE = "dbt_process.json"
 EVENTS_FILE = "events.jsonl"
-_MAX_ERROR_EVENTS = 200
+_DEADLINE_BACKSTOP = 10.0  # seconds after the trigger's deadline (and two heartbeats) that the runner acts
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class DetachedProcess:
     host: str
     started_at: float
     start_ticks: int | None
+    channel: dict[str, Any] | None = None  # the run's ChannelSpec, as plain JSON
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,16 +66,7 @@ class DbtProcess(ProcessRecord):
 
 def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
     """Write-then-rename, so a reader sees the old file, no file, or the whole new one: never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, json.dumps(content).encode("utf-8"))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -112,11 +107,17 @@ def reap_runners() -> None:
 
 
 def launch(
-    run_dir: Path, command: Sequence[str], env: Mapping[str, str], *, meta: Mapping[str, Any] | None = None
+    run_dir: Path,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    channel: ChannelSpec | None = None,
 ) -> DetachedProcess:
     """Start dbt detached and return at once: the runner's record is known from its pid (no start-up wait).
 
-    ``meta`` is kept in the spec file for whoever finishes the run; it must hold no secret.
+    ``meta`` is the runner's spec (``command``, ``channel``, ``deadline``, ``grace_period``, ``pack``: what to
+    publish to a remote channel); it must hold no secret.
     """
     reap_runners()
     write_json_atomic(run_dir / SPEC_FILE, {**(meta or {}), "argv": list(command)})
@@ -134,6 +135,7 @@ def launch(
     process = DetachedProcess(
         run_dir=str(run_dir), pid=runner.pid, pgid=runner.pid, host=socket.gethostname(),
         started_at=time.time(), start_ticks=process_start_ticks(runner.pid),
+        channel=channel.to_dict() if channel is not None else None,
     )  # fmt: skip
     write_json_atomic(run_dir / PROCESS_FILE, process.to_dict())  # the only writer of process.json
     return process
@@ -151,53 +153,133 @@ def stop_group(process: DetachedProcess, sig: int) -> bool:
 
 
 def _run(run_dir: Path) -> int:
-    """The runner: record itself, run dbt, write status.json when dbt ends (also when it was interrupted)."""
+    """The runner: run dbt, publish its progress through the channel, then its final status (also when it was
+    interrupted), and obey a cancel request or its own deadline."""
     spec = read_json(run_dir / SPEC_FILE)
     if spec is None:
         raise SystemExit(f"no readable {SPEC_FILE} in {run_dir}")
+    channel = ChannelSpec.from_dict(spec.get("channel")) or ChannelSpec(str(run_dir))
+    writer = ChannelWriter(channel, command=str(spec.get("command") or "dbt"))
     # A Python handler (unlike SIG_IGN) is reset by exec, so dbt still gets SIGINT and cancels its queries,
     # while this runner survives long enough to write the status.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: None)
-    error_events: list[dict[str, Any]] = []
     exit_code = -1
+    watch = _Watch(writer, deadline=spec.get("deadline"), grace=float(spec.get("grace_period") or 30.0))
     try:
         with (run_dir / "logs" / EVENTS_FILE).open("w", encoding="utf-8") as events:
             arm = interrupt_when_parent_dies()  # a killed runner must not leave dbt running on its own
             dbt = subprocess.Popen(
                 spec["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, encoding="utf-8", errors="replace", preexec_fn=arm,
+                text=True, encoding="utf-8", errors="replace", preexec_fn=arm, env=_dbt_env(channel),
             )  # fmt: skip
             _record_dbt(run_dir, dbt.pid, parent_death_signal=arm is not None)
+            watch.start(dbt)
             assert dbt.stdout is not None
             for line in dbt.stdout:
                 events.write(line)
                 events.flush()
-                _keep_error(line, error_events)
+                event = _event(line)
+                if event is not None:
+                    writer.event(event)
             exit_code = dbt.wait()
     finally:
-        write_json_atomic(
-            run_dir / STATUS_FILE,
-            {
-                "exit_code": exit_code,
-                "ended_at": time.time(),
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "error_events": error_events,
-            },
-        )
+        watch.stop()
+        files = [(Path(path), name) for path, name in spec.get("pack") or ()]
+        published = _publish(writer, exit_code, watch.stopped, files)
+    if published and channel.remote:
+        shutil.rmtree(run_dir, ignore_errors=True)  # everything a reader needs is in the channel now
     return 0
 
 
-def _keep_error(line: str, kept: list[dict[str, Any]]) -> None:
-    if len(kept) >= _MAX_ERROR_EVENTS or not line.startswith("{"):
-        return
+def _dbt_env(channel: ChannelSpec) -> dict[str, str]:
+    """dbt's environment: the runner's, without the channel connection (dbt has no use for its secret)."""
+    env = dict(os.environ)
+    if channel.conn_id:
+        env.pop(channel_conn_env(channel.conn_id), None)
+    return env
+
+
+def channel_conn_env(conn_id: str) -> str:
+    """The variable that hands the channel's connection to the runner (Airflow reads ``AIRFLOW_CONN_<ID>``)."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def _publish(writer: ChannelWriter, exit_code: int, stopped: str | None, files: list[tuple[Path, str]]) -> bool:
+    """The final status (and artifacts), retried: without it every reader would wait for the heartbeat to age."""
+    from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(5), wait=wait_exponential(0.5, max=8), reraise=True):
+            with attempt:
+                writer.finish(exit_code, stopped=stopped, files=files)
+    except Exception:
+        traceback.print_exc()  # into logs/detached.out; the run dir is kept for whoever looks
+        return False
+    return True
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
     try:
         event = json.loads(line)
     except ValueError:
-        return
-    if isinstance(event, dict) and is_error_event(event):
-        kept.append(event)
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class _Watch:
+    """The runner's heartbeat thread: publishes the status every ``heartbeat_interval`` and stops dbt
+    (SIGINT to the group, ``grace`` seconds, SIGKILL) on a cancel request or once the deadline has passed.
+
+    The deadline it enforces itself is a backstop, a little after the trigger's, for a triggerer that is down.
+    """
+
+    def __init__(self, writer: ChannelWriter, *, deadline: float | None, grace: float) -> None:
+        self.writer = writer
+        interval = writer.spec.heartbeat_interval
+        self.interval = interval
+        self.deadline = float(deadline) + 2 * interval + _DEADLINE_BACKSTOP if deadline else None
+        self.grace = grace
+        self.stopped: str | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, dbt: subprocess.Popen[str]) -> None:
+        self._thread = threading.Thread(target=self._beat, args=(dbt,), name="dlh-dbt-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 30)
+
+    def _beat(self, dbt: subprocess.Popen[str]) -> None:
+        while True:
+            try:
+                self.writer.heartbeat()
+                if self.stopped is None:
+                    reason = self.writer.cancel_request()
+                    if reason is None and self.deadline is not None and time.time() >= self.deadline:
+                        reason = "timeout"
+                    if reason is not None:
+                        self.stopped = reason
+                        self._stop_dbt(dbt, reason)
+            except Exception:
+                traceback.print_exc()  # a store that is down for a while: keep beating
+            if self._done.wait(self.interval):
+                return
+
+    def _stop_dbt(self, dbt: subprocess.Popen[str], reason: str) -> None:
+        print(f"stopping dbt (pid {dbt.pid}): {reason}", flush=True)
+        with suppress(ProcessLookupError):
+            os.killpg(os.getpgrp(), signal.SIGINT)  # the runner ignores it; dbt cancels its queries
+        try:
+            dbt.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            print(f"dbt did not stop within {self.grace:g}s: SIGKILL", flush=True)
+            dbt.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,5 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _exit(code: int) -> None:
+    """Exit at once once the final status is out: readers may check that the runner is gone right after it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _exit(main())

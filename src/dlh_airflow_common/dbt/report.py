@@ -81,6 +81,22 @@ def _node_result(event: Mapping[str, Any]) -> tuple[int, int, str, str, float | 
     )
 
 
+def compact_node_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A node-result event cut to what ``ProgressReporter`` reads (a few hundred bytes), else None.
+
+    A run channel carries these instead of dbt's full events, which hold the compiled SQL and more."""
+    result = _node_result(event)
+    if result is None:
+        return None
+    index, total, status, unique_id, seconds = result
+    info = event.get("info") or {}
+    return {
+        "info": {"name": str(info.get("name", "")), "level": str(info.get("level", "info"))},
+        "data": {"index": index, "total": total, "execution_time": seconds,
+                 "node_info": {"unique_id": unique_id, "node_status": status}},
+    }  # fmt: skip
+
+
 class ProgressReporter:
     """Turns dbt's events (JSON log lines or in-process callbacks, same shape) into task-log lines."""
 

@@ -22,15 +22,14 @@ from dlh_airflow_common.dbt.artifacts import (
     KeptArtifacts,
     load_artifact,
 )
+from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, RunStatus
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.detached import (
     EVENTS_FILE,
-    SPEC_FILE,
-    STATUS_FILE,
     DetachedProcess,
+    channel_conn_env,
     launch,
     read_dbt_process,
-    read_json,
 )
 from dlh_airflow_common.dbt.event_runner import ORPHAN_GRACE_ENV
 from dlh_airflow_common.dbt.invocation import (
@@ -103,6 +102,10 @@ class DbtHook(BaseHook):
         project, dbt version, target and vars.
     :param deps_cache: Install ``packages.yml`` packages once per lock and share them between runs.
     :param cache_dir: Where those caches live (default ``<run dir root>/.dlh_cache``).
+    :param run_channel: Where detached (deferrable) runs report: ``None`` for the run dir itself (worker and
+        triggerer share a host or volume), or an ``ObjectStoragePath`` URL (``s3://bucket/prefix``,
+        ``file:///shared/volume``) that every worker and the triggerer can reach.
+    :param run_channel_conn_id: The Airflow connection for ``run_channel`` (S3, GCS, Azure...).
     :param orphan_run_dir_age: At the start of each run, remove run dirs under the same root whose task,
         runner and dbt are all gone on this host and that have been idle this many seconds (leftovers
         of killed tasks); ``None`` or 0 turns this off.
@@ -137,6 +140,8 @@ class DbtHook(BaseHook):
         deps_cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         orphan_run_dir_age: float | None = 3600.0,
+        run_channel: str | None = None,
+        run_channel_conn_id: str | None = None,
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
@@ -172,6 +177,8 @@ class DbtHook(BaseHook):
         self._parse_seed: Any = None
         self._last_artifacts: KeptArtifacts | None = None
         self.orphan_run_dir_age = orphan_run_dir_age
+        self.run_channel = run_channel or None
+        self.run_channel_conn_id = run_channel_conn_id or None
 
     @property
     def run_log(self) -> Any:
@@ -288,12 +295,22 @@ class DbtHook(BaseHook):
             self._before_invocation(project, run_dir, first)
             env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1",
                    ORPHAN_GRACE_ENV: str(self.grace_period)}  # fmt: skip
-            process = launch(run_dir.path, argv, env, meta={"command": first.command})
+            channel = ChannelSpec.for_run(run_dir.path, self.run_channel, self.run_channel_conn_id)
+            if channel.conn_id:  # the runner reads it as Airflow reads AIRFLOW_CONN_*; it never reaches dbt
+                env[channel_conn_env(channel.conn_id)] = self.get_connection(channel.conn_id).as_json()
+            meta = {
+                "command": first.command,
+                "channel": channel.to_dict(),
+                "deadline": time.time() + self.execution_timeout if self.execution_timeout else None,
+                "grace_period": self.grace_period,
+                "pack": [[str(run_dir.target_path), "target"], [str(run_dir.log_path), "logs"]],
+            }
+            process = launch(run_dir.path, argv, env, meta=meta, channel=channel)
         except BaseException:
             run_dir.cleanup()
             raise
-        self.run_log.info("Started dbt %s detached (pid %s on %s) in %s", first.command, process.pid,
-                          process.host, run_dir.path)  # fmt: skip
+        self.run_log.info("Started dbt %s detached (pid %s on %s) in %s, reporting to %s", first.command, process.pid,
+                          process.host, run_dir.path, channel.where)  # fmt: skip
         return process
 
     def finish_detached(
@@ -311,25 +328,26 @@ class DbtHook(BaseHook):
         :param post_run: Called with the result while the run dir still exists (uploads, lineage).
         :param raise_on_failure: ``False`` returns a failed result instead of raising its exception.
         """
-        run_dir = RunDir(Path(str(event["run_dir"])), target=self._user_target(Path(self.dbt_project_dir)))
+        channel = ChannelSpec.from_dict(event.get("channel")) or ChannelSpec(str(event["run_dir"]))
+        reader = ChannelReader(channel)
+        run_dir = self._collected_run_dir(reader) if channel.remote else RunDir(
+            Path(channel.run_dir), target=self._user_target(Path(self.dbt_project_dir))
+        )  # fmt: skip
         self.last_target_path = str(run_dir.target_path)
         self._last_artifacts = None
         result: DbtTaskResult | None = None
-        dbt = read_dbt_process(run_dir.path) if event.get("stopped") is not False else None
+        local = not channel.remote and event.get("stopped") is not False
+        dbt = read_dbt_process(run_dir.path) if local else None
         still_running = dbt is not None and dbt.alive_here()
         try:
-            spec = read_json(run_dir.path / SPEC_FILE) or {}
-            command = str(spec.get("command") or "dbt")
-            status = read_json(run_dir.path / STATUS_FILE) or {}
+            status = reader.status()
+            command = status.command if status is not None else "dbt"
             kind = str(event.get("status"))
             progress = replay_progress(run_dir.log_path / EVENTS_FILE, self.run_log, ascii_only=self.ascii_only)
-            outcome = InvocationResult(
-                return_code=int(status.get("exit_code", 2)),
-                error_events=list(status.get("error_events") or []),
-                stopped="timeout" if kind == "timeout" else ("killed" if kind == "killed" else None),
-            )
+            outcome = _detached_outcome(kind, status)
             started = float(event.get("started_at") or 0) or None
-            wall = max(0.0, float(status.get("ended_at") or time.time()) - started) if started else 0.0
+            ended = status.ended_at if status is not None and status.ended_at else time.time()
+            wall = max(0.0, ended - started) if started else 0.0
             result = self._result(command, outcome, run_dir, self.profile_source.redactor(), progress, wall)
             if kind == "lost":
                 result.success = False
@@ -353,7 +371,29 @@ class DbtHook(BaseHook):
                 self.invocation = None
             else:
                 self._release(run_dir, result)
+                if channel.remote and not self.keep_target_artifacts:
+                    self._remove_channel(reader)
         return _raise_or_return(result, raise_on_failure)
+
+    def _collected_run_dir(self, reader: ChannelReader) -> RunDir:
+        """A local run dir on this worker holding what the remote run published (empty if it published none)."""
+        project = load_project(self.dbt_project_dir)
+        run_dir = create_run_dir(f"{Path(reader.spec.run_dir).name}_collected", project.path, root=self.run_dir_root)
+        try:
+            reader.collect(run_dir.path)
+        except FileNotFoundError:
+            self.run_log.warning("The dbt run published no artifacts to %s", reader.spec.url)
+        except Exception:
+            run_dir.cleanup()
+            raise
+        self.run_log.info("Collected the dbt run's artifacts from %s into %s", reader.spec.url, run_dir.path)
+        return run_dir
+
+    def _remove_channel(self, reader: ChannelReader) -> None:
+        try:
+            reader.remove()
+        except Exception as err:  # retention: a later sweep or the bucket's lifecycle rule removes it
+            self.run_log.warning("Could not remove the run channel %s: %s", reader.spec.url, err)
 
     def _prepare(self, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
         """Check everything that can be checked before anything is written."""
@@ -632,6 +672,17 @@ class DbtHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """The connection form's Test button: ``dbt debug --connection`` with this connection as the profile."""
         return run_connection_test(self)
+
+
+def _detached_outcome(kind: str, status: RunStatus | None) -> InvocationResult:
+    """How a detached dbt ended, from the trigger's event kind and the run's final status."""
+    stopped = kind if kind in ("timeout", "killed") else (status.stopped if status is not None else None)
+    exit_code = status.exit_code if status is not None and status.finished else None
+    return InvocationResult(
+        return_code=int(exit_code) if exit_code is not None else 2,
+        error_events=list(status.error_events) if status is not None else [],
+        stopped="timeout" if stopped == "timeout" else ("killed" if stopped == "killed" else None),
+    )
 
 
 def _raise_or_return(result: DbtTaskResult | None, raise_on_failure: bool) -> DbtTaskResult:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from dlh_airflow_common.dbt import retry_state
-from dlh_airflow_common.dbt.detached import STATUS_FILE, read_json, stop_group
+from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
+from dlh_airflow_common.dbt.detached import stop_group
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
 from dlh_airflow_common.dbt.run_dir import run_dir_name
@@ -38,6 +39,30 @@ def as_timedelta(value: timedelta | int | float | None) -> timedelta | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"execution_timeout must be a positive number of seconds or a timedelta, got {value!r}")
     return timedelta(seconds=value)
+
+
+def configured(option: str) -> str | None:
+    """``[dlh_dbt] <option>`` from the Airflow config (env ``AIRFLOW__DLH_DBT__<OPTION>``); None when unset."""
+    from airflow.configuration import conf
+
+    value = conf.get("dlh_dbt", option, fallback=None)
+    return str(value) if value else None
+
+
+def refuse_local_channel_on_kubernetes(task_executor: str | None) -> None:
+    """A KubernetesExecutor pod is deleted once its task defers, and the detached dbt with it: say so up front."""
+    from airflow.configuration import conf
+
+    executor = task_executor or str(conf.get("core", "executor", fallback="")).split(",")[0]
+    if "kubernetes" in executor.lower():
+        from dlh_airflow_common.exceptions.dbt import DbtException
+
+        raise DbtException(
+            f"deferrable=True with the {executor.strip()} needs a remote run channel: the worker pod is deleted "
+            "when the task defers, and dbt with it. Set run_channel (and run_channel_conn_id) on the operator, or "
+            "[dlh_dbt] run_channel in the Airflow config, to an object store URL; or run with deferrable=False. "
+            "See docs/deployment.md."
+        )
 
 
 class DbtOperator(BaseOperator):
@@ -92,6 +117,12 @@ class DbtOperator(BaseOperator):
     :param artifacts_strict: Fail the task when the upload fails (default: a warning).
     :param publish_docs: With ``docs generate``: write the static docs page and publish it with the
         artifacts (implies ``upload_artifacts``).
+    :param run_channel: Where a deferred run reports to the triggerer and to ``execute_complete``: unset for
+        the run dir itself (worker and triggerer on one host or a shared volume), or an ``ObjectStoragePath``
+        URL (``s3://bucket/prefix``, ``gs://...``, ``file:///shared/volume``) that every worker and the
+        triggerer can reach, for CeleryExecutor and other multi-host deployments. Default: the Airflow
+        config ``[dlh_dbt] run_channel``.
+    :param run_channel_conn_id: Airflow connection for ``run_channel``; default ``[dlh_dbt] run_channel_conn_id``.
     :param orphan_run_dir_age: Seconds after which a run dir left by a killed task (its task, runner and
         dbt all gone on this host) is removed by the next run under the same root; ``None`` turns it off.
     :param kwargs: Every ``BaseOperator`` argument (``retries``, ``retry_delay``, ``pool``, ...).
@@ -154,6 +185,8 @@ class DbtOperator(BaseOperator):
         artifacts_strict: bool = False,
         publish_docs: bool = False,
         orphan_run_dir_age: float | None = 3600.0,
+        run_channel: str | None = None,
+        run_channel_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         timeout = as_timedelta(execution_timeout)
@@ -197,6 +230,8 @@ class DbtOperator(BaseOperator):
         self.artifacts_strict = artifacts_strict
         self.publish_docs = publish_docs
         self.orphan_run_dir_age = orphan_run_dir_age
+        self.run_channel = run_channel
+        self.run_channel_conn_id = run_channel_conn_id
         self._artifact_settings().validate()
         self._lineage: DbtLineage | None = None
 
@@ -219,6 +254,8 @@ class DbtOperator(BaseOperator):
             grace_period=self.kill_grace_period,
             logger=self.log,
             orphan_run_dir_age=self.orphan_run_dir_age,
+            run_channel=self.run_channel or configured("run_channel"),
+            run_channel_conn_id=self.run_channel_conn_id or configured("run_channel_conn_id"),
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -252,9 +289,13 @@ class DbtOperator(BaseOperator):
 
     def _execute_deferrable(self, context: Context, run_name: str) -> dict[str, Any]:
         """Start dbt detached, then free the worker slot until the trigger reports it finished."""
+        if not self.hook.run_channel:
+            refuse_local_channel_on_kubernetes(getattr(self, "executor", None))
         process = self.hook.start_detached(**self._command_options(context, run_name))
         self._detached_process = process
-        if read_json(Path(process.run_dir) / STATUS_FILE) is not None:  # finished already: no need to defer
+        channel = ChannelSpec.from_dict(process.channel) or ChannelSpec(process.run_dir)
+        status = ChannelReader(channel).status() if not channel.remote else None
+        if status is not None and status.finished:  # finished already: no need to defer
             return self.execute_complete(context, {"status": "finished", **process.to_dict()})
         timeout = self.dbt_timeout.total_seconds() if self.dbt_timeout else None
         trigger = DbtExecutionTrigger(
@@ -268,6 +309,7 @@ class DbtOperator(BaseOperator):
             deadline=process.started_at + timeout if timeout else None,
             grace_period=self.kill_grace_period,
             keep_run_dir=self.keep_target_artifacts,
+            channel=process.channel,
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -17,15 +16,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from dlh_airflow_common.dbt.detached import (
-    EVENTS_FILE,
-    PROCESS_FILE,
+from dlh_airflow_common.dbt.channel import (
+    DEFAULT_HEARTBEAT_TIMEOUT,
     STATUS_FILE,
-    DbtProcess,
-    DetachedProcess,
-    read_dbt_process,
-    read_json,
+    ChannelReader,
+    ChannelSpec,
+    RunStatus,
 )
+from dlh_airflow_common.dbt.detached import PROCESS_FILE, DbtProcess, DetachedProcess, read_dbt_process
 from dlh_airflow_common.dbt.processes import process_alive
 from dlh_airflow_common.dbt.report import ProgressReporter
 from dlh_airflow_common.exceptions.dbt import classify_dbt_error
@@ -34,7 +32,8 @@ _STOP_POLL_SECONDS = 0.2
 _REMOVAL_SECONDS = 2.0  # what on_kill keeps of Airflow's on_kill_timeout for removing the run dir
 _KILL_WAIT_SECONDS = 10.0  # after SIGKILL: long enough for the kernel to end the group, short enough to give up
 _NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
-_MAX_TAIL_BYTES = 256 * 1024  # per poll: progress lines are small; a huge backlog is skipped, not parsed
+_RUNNER_EXIT_SECONDS = 5.0  # the longest a local trigger waits for a finished runner to exit
+_CONFIRM_MARGIN_SECONDS = 5.0  # beyond grace and two heartbeats, for a remote runner to publish its final status
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
@@ -59,8 +58,12 @@ def on_kill_timeout() -> float:
 class DbtExecutionTrigger(BaseTrigger):
     """Yields one event for a detached dbt run: ``success``, ``error``, ``timeout`` or ``lost``.
 
-    Every poll reads ``status.json`` (a few hundred bytes) and new progress lines in one worker-thread hop;
-    the first poll comes at a random phase of ``poll_interval``, so many triggers do not poll in step.
+    Every poll is one read of the run channel's status (in a worker thread), which also carries the node
+    results to log; the first poll comes at a random phase of ``poll_interval``, so many triggers do not
+    poll in step. With a remote ``channel`` (an object store) the trigger never touches the worker's files
+    or processes: the runner is alive while its heartbeat moves (``lost`` once it has not moved for
+    ``heartbeat_timeout`` seconds), and the deadline and ``on_kill`` write a cancel request that the runner
+    obeys (SIGINT, grace period, SIGKILL) and confirms in its final status. With the local channel:
     ``deadline`` (epoch seconds) stops dbt gracefully: SIGINT to its process group, ``grace_period``
     seconds, then SIGKILL. ``on_kill`` (a user marked or cleared the task) stops it the same way and then
     removes the run dir (``execute_complete`` never runs after a kill) unless ``keep_run_dir``. A runner
@@ -82,6 +85,8 @@ class DbtExecutionTrigger(BaseTrigger):
         deadline: float | None = None,
         grace_period: float = 30.0,
         keep_run_dir: bool = False,
+        channel: dict[str, Any] | None = None,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.run_dir = run_dir
@@ -94,7 +99,11 @@ class DbtExecutionTrigger(BaseTrigger):
         self.deadline = deadline
         self.grace_period = grace_period
         self.keep_run_dir = keep_run_dir
-        self._offset = 0
+        self.channel = ChannelSpec.from_dict(channel) or ChannelSpec(run_dir)
+        self.heartbeat_timeout = heartbeat_timeout
+        self._reader = ChannelReader(self.channel)
+        self._seq = 0
+        self._beat: tuple[int, float] | None = None  # the last heartbeat seen, and when (monotonic)
         self._dbt: DbtProcess | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -111,6 +120,8 @@ class DbtExecutionTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "grace_period": self.grace_period,
                 "keep_run_dir": self.keep_run_dir,
+                "channel": self.channel.to_dict(),
+                "heartbeat_timeout": self.heartbeat_timeout,
             },
         )
 
@@ -124,7 +135,7 @@ class DbtExecutionTrigger(BaseTrigger):
     def _event(self, status: str, **details: Any) -> TriggerEvent:
         payload = {
             "status": status, "run_dir": self.run_dir, "pid": self.pid, "host": self.host,
-            "started_at": self.started_at, **details,
+            "started_at": self.started_at, "channel": self.channel.to_dict(), **details,
         }  # fmt: skip
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
@@ -134,6 +145,10 @@ class DbtExecutionTrigger(BaseTrigger):
         # Start at a random phase of the interval: triggers created together (a triggerer restart re-creates
         # all of them at once) would otherwise poll in step, and their bunched reads delay the whole loop.
         await asyncio.sleep(random.uniform(0, self.poll_interval))
+        if self.channel.remote:
+            async for event in self._watch_remote(reporter):
+                yield event
+            return
         while True:
             state, status = await asyncio.to_thread(self._poll, reporter, same_host)  # one thread hop per poll
             if state == _NO_RUN_DIR:
@@ -145,6 +160,8 @@ class DbtExecutionTrigger(BaseTrigger):
                 )
                 return
             if status is not None:
+                if same_host:  # the runner exits right after its final status: let it, so nothing outlives the run
+                    await self._ended_within(_RUNNER_EXIT_SECONDS)
                 yield self._finished(status)
                 return
             if state == _GONE:
@@ -154,7 +171,7 @@ class DbtExecutionTrigger(BaseTrigger):
                     await self._stop("runner lost")
                 yield self._event(
                     "lost",
-                    message=f"dbt runner {self.pid} on {self.host} is gone and left no {STATUS_FILE} (its own "
+                    message=f"dbt runner {self.pid} on {self.host} is gone and left no final {STATUS_FILE} (its own "
                     f"output is in {Path(self.run_dir) / 'logs' / 'detached.out'})."
                     + (f" dbt (pid {dbt.pid}) outlived it and was stopped." if outlived and dbt else ""),
                 )
@@ -172,49 +189,97 @@ class DbtExecutionTrigger(BaseTrigger):
                 return
             await asyncio.sleep(self.poll_interval)
 
-    def _poll(self, reporter: ProgressReporter, same_host: bool) -> tuple[str, dict[str, Any] | None]:
-        """One look at the run (in a worker thread): its state and, once it finished, its status."""
+    def _poll(self, reporter: ProgressReporter, same_host: bool) -> tuple[str, RunStatus | None]:
+        """One look at a local run (in a worker thread): its state and, once it finished, its status."""
         if not os.path.isdir(self.run_dir):
             return _NO_RUN_DIR, None
-        status_path = Path(self.run_dir) / STATUS_FILE
-        status = read_json(status_path)
-        self._tail(reporter)
-        if status is not None:
+        status = self._status(reporter)
+        if status is not None and status.finished:
             return _FINISHED, status
         if same_host and not process_alive(self.pid, self.start_ticks):
-            status = read_json(status_path)  # it may just have ended
-            return (_FINISHED, status) if status is not None else (_GONE, None)
+            status = self._status(reporter)  # it may just have ended
+            return (_FINISHED, status) if status is not None and status.finished else (_GONE, None)
         return _RUNNING, None
 
-    def _finished(self, status: dict[str, Any]) -> TriggerEvent:
-        exit_code = status.get("exit_code")
-        if exit_code == 0:
+    def _status(self, reporter: ProgressReporter) -> RunStatus | None:
+        """The channel's status (one read, in a worker thread); logs the node results not logged yet."""
+        status = self._reader.status()
+        if status is not None:
+            nodes, missed = status.nodes_after(self._seq)
+            if missed:
+                reporter.log.info("(%d more nodes finished; see the summary)", missed)
+            for node in nodes:
+                reporter(node)
+            self._seq = max(self._seq, status.node_count)
+        return status
+
+    def _finished(self, status: RunStatus) -> TriggerEvent:
+        exit_code = status.exit_code
+        if exit_code == 0 and status.stopped is None:
             return self._event("success", exit_code=0)
-        error = classify_dbt_error(status.get("error_events") or [f"dbt exited with code {exit_code}"])
+        failures: list[Any] = list(status.error_events) or [f"dbt exited with code {exit_code}"]
+        error = classify_dbt_error(failures)
         return self._event("error", exit_code=exit_code, reason=type(error).__name__, node_id=error.node_id)
 
-    def _tail(self, reporter: ProgressReporter) -> None:
-        """Log new node results from dbt's event stream (runs in a worker thread, reads only what is new)."""
-        path = Path(self.run_dir) / "logs" / EVENTS_FILE
+    # -- remote channel: heartbeat, cancel requests -------------------------------------------------
+    async def _watch_remote(self, reporter: ProgressReporter) -> AsyncIterator[TriggerEvent]:
+        while True:
+            status = await asyncio.to_thread(self._remote_status, reporter)
+            if status is not None and status.finished:
+                yield self._finished(status)
+                return
+            silent = self._silent_for(status)
+            if silent > self.heartbeat_timeout:
+                yield self._event(
+                    "lost",
+                    message=f"dbt runner {self.pid} on {self.host} sent no heartbeat to {self.channel.url} for "
+                    f"{silent:.0f}s (limit {self.heartbeat_timeout:g}s): its process or host is gone.",
+                )
+                return
+            if self.deadline is not None and time.time() >= self.deadline:
+                final = await self._cancel_remote("timeout", self._confirm_seconds())
+                stopped = final is not None
+                message = "The execution timeout passed; dbt was stopped." if stopped else (
+                    f"The execution timeout passed; dbt on {self.host} did not confirm that it stopped.")  # fmt: skip
+                yield self._event("timeout", stopped=stopped, message=message)
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    def _remote_status(self, reporter: ProgressReporter) -> RunStatus | None:
         try:
-            if os.stat(path).st_size == self._offset:
-                return  # nothing new: most polls
-            with path.open("rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                if size - self._offset > _MAX_TAIL_BYTES:
-                    self._offset = size - _MAX_TAIL_BYTES
-                handle.seek(self._offset)
-                chunk = handle.read(size - self._offset)
-        except OSError:
-            return
-        complete = chunk.rfind(b"\n") + 1  # leave a half-written last line for the next poll
-        self._offset += complete
-        for raw in chunk[:complete].splitlines():
-            if raw.startswith(b"{") and b"Result" in raw:
-                try:
-                    reporter(json.loads(raw))
-                except ValueError:
-                    continue
+            return self._status(reporter)
+        except Exception as err:  # the store is unreachable for now: not a sign of the runner's death
+            self.log.warning("Could not read the run channel %s: %s", self.channel.url, err)
+            self._beat = None
+            return None
+
+    def _silent_for(self, status: RunStatus | None) -> float:
+        """Seconds the heartbeat has not moved, on this triggerer's clock (the worker's may differ)."""
+        now = time.monotonic()
+        beat = status.beat if status is not None else -1
+        if self._beat is None or self._beat[0] != beat:
+            self._beat = (beat, now)
+        return now - self._beat[1]
+
+    def _confirm_seconds(self) -> float:
+        return self.grace_period + 2 * self.channel.heartbeat_interval + _CONFIRM_MARGIN_SECONDS
+
+    async def _cancel_remote(self, reason: str, wait: float) -> RunStatus | None:
+        """Write the cancel request, then wait (without blocking the loop) for the runner's final status."""
+        await asyncio.to_thread(self._reader.request_cancel, reason)
+        self.log.info("Asked the dbt runner on %s to stop (%s) through %s", self.host, reason, self.channel.url)
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            await asyncio.sleep(min(_STOP_POLL_SECONDS * 5, max(0.0, end - time.monotonic())))
+            try:
+                status = await asyncio.to_thread(self._reader.status)
+            except Exception as err:
+                self.log.warning("Could not read the run channel %s: %s", self.channel.url, err)
+                continue
+            if status is not None and status.finished:
+                self.log.info("dbt on %s stopped (exit code %s)", status.host, status.exit_code)
+                return status
+        return None
 
     def _dbt_process(self) -> DbtProcess | None:
         """dbt as its runner recorded it (file read: call in a worker thread); kept once known."""
@@ -281,6 +346,9 @@ class DbtExecutionTrigger(BaseTrigger):
         This is the only code that runs after a killed deferred task, so the run dir goes here (unless
         ``keep_run_dir``), and only once dbt has stopped on this host.
         """
+        if self.channel.remote:
+            await self._kill_remote()
+            return
         # The triggerer cancels on_kill after [triggerer] on_kill_timeout: SIGKILL and the removal must fit in.
         grace = max(0.0, min(self.grace_period, on_kill_timeout() - _KILL_WAIT_SECONDS - _REMOVAL_SECONDS))
         try:
@@ -294,6 +362,18 @@ class DbtExecutionTrigger(BaseTrigger):
             raise
         if stopped and not self.keep_run_dir:
             await asyncio.to_thread(self._remove_run_dir)
+
+    async def _kill_remote(self) -> None:
+        """A killed remote run: the runner stops dbt on request; its channel goes once it confirmed (retention
+        of a run that never confirms: the store's own lifecycle rule, see docs/deployment.md)."""
+        wait = max(0.0, min(self._confirm_seconds(), on_kill_timeout() - _REMOVAL_SECONDS))
+        final = await self._cancel_remote("killed", wait)
+        if final is None:
+            self.log.warning("dbt on %s did not confirm the stop within %.0fs; keeping %s", self.host, wait,
+                             self.channel.url)  # fmt: skip
+        elif not self.keep_run_dir:
+            await asyncio.to_thread(self._reader.remove)
+            self.log.info("Removed the run channel %s (the task was killed)", self.channel.url)
 
     async def _remove_once_ended(self) -> None:
         if await self._ended_within(_KILL_WAIT_SECONDS):

@@ -1,0 +1,341 @@
+"""The run channel of a detached dbt run: exactly one writer (the runner) and one reader API.
+
+The runner publishes the run's status (a heartbeat, the node results so far, then the exit code with dbt's
+error events) and, for a remote channel, the final artifacts; readers (the trigger, ``execute_complete`` on
+any worker) poll the status with one read and collect the artifacts once. A reader's only write is a cancel
+request, which the runner obeys. Two stores hold the same documents: the run dir itself (local: worker and
+triggerer share a host or a volume) and a prefix under any ``ObjectStoragePath`` URL (``s3://``, ``gs://``,
+``abfs://``, ``file://`` on a shared volume), so that no reader needs the worker's files or processes.
+Nothing secret is ever written here: the store's credentials reach the runner only through its environment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from dlh_airflow_common.dbt.events import is_error_event
+from dlh_airflow_common.dbt.report import compact_node_event
+
+STATUS_FILE = "status.json"
+CANCEL_FILE = "cancel.json"
+ARTIFACTS_FILE = "artifacts.tar.gz"
+NODE_RING = 200  # node results a status carries; a reader that falls further behind logs a count instead
+MAX_ERROR_EVENTS = 200
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a remote run whose heartbeat has not moved for this long is lost
+_PACKED_TARGET_SKIP = frozenset({"partial_parse.msgpack", "graph.gpickle"})  # large and only dbt's own cache
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a reader sees the old file, no file, or the whole new one: never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Where one run's channel is, as plain JSON without secrets: the run dir on the worker and the remote prefix.
+
+    ``url`` is the run's own prefix (``<run_channel>/<run name>``); None means the run dir is the channel.
+    """
+
+    run_dir: str
+    url: str | None = None
+    conn_id: str | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+
+    @classmethod
+    def for_run(
+        cls, run_dir: Path, base_url: str | None, conn_id: str | None = None, *, heartbeat_interval: float | None = None
+    ) -> ChannelSpec:
+        url = f"{base_url.rstrip('/')}/{run_dir.name}" if base_url else None
+        interval = DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else float(heartbeat_interval)
+        return cls(str(run_dir), url, conn_id if url else None, interval)
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    @property
+    def where(self) -> str:
+        return self.url or self.run_dir
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, content: Mapping[str, Any] | None) -> ChannelSpec | None:
+        if not isinstance(content, Mapping) or not isinstance(content.get("run_dir"), str):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in content.items() if key in known})
+
+
+@dataclass
+class RunStatus:
+    """The status document: the only thing a poll reads. ``stopped`` says the runner itself stopped dbt
+    (``killed`` on a cancel request, ``timeout`` at its deadline)."""
+
+    state: str = "running"
+    command: str = "dbt"
+    beat: int = 0
+    host: str = ""
+    runner_pid: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    ended_at: float | None = None
+    exit_code: int | None = None
+    stopped: str | None = None
+    error_events: list[dict[str, Any]] = field(default_factory=list)
+    node_count: int = 0
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> RunStatus | None:
+        """The status in ``data``; None when there is none or it is not a status document."""
+        if not data:
+            return None
+        try:
+            content = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(content, dict) or content.get("state") not in ("running", "finished"):
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{key: value for key, value in content.items() if key in known})
+        except TypeError:
+            return None
+
+    def nodes_after(self, seq: int) -> tuple[list[dict[str, Any]], int]:
+        """Node results with a sequence number above ``seq``, and how many of those the ring no longer holds."""
+        new = [node for node in self.nodes if int(node.get("seq", 0)) > seq]
+        first = int(new[0]["seq"]) if new else self.node_count + 1
+        return new, max(0, first - seq - 1)
+
+
+class ChannelStore(Protocol):
+    """A flat namespace of small documents and one archive."""
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+    def remove(self) -> None: ...
+
+
+class LocalStore:
+    """Documents as files of one directory, written atomically."""
+
+    def __init__(self, root: Path, *, owned: bool = False) -> None:
+        self.root = root
+        self.owned = owned  # a channel dir of its own (file:// URL), removed with the channel; not a run dir
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.root / name, data)
+
+    def remove(self) -> None:
+        """A run dir goes with the run's clean-up; a channel dir of its own goes here."""
+        if self.owned:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ObjectStore:
+    """Documents as objects under one prefix of an fsspec file system: one request per read or write."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.fs.cat_file(f"{self.root}/{name}"))
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        self.fs.pipe_file(f"{self.root}/{name}", data)
+
+    def remove(self) -> None:
+        try:
+            self.fs.rm(self.root, recursive=True)
+        except FileNotFoundError:
+            return
+
+
+def open_store(spec: ChannelSpec) -> ChannelStore:
+    """The store of ``spec``: its run dir, or its URL through ``ObjectStoragePath`` and the connection."""
+    if spec.url is None:
+        return LocalStore(Path(spec.run_dir))
+    from airflow.sdk import ObjectStoragePath  # only remote channels pay for this import
+
+    path = ObjectStoragePath(spec.url, conn_id=spec.conn_id)
+    fs = path.fs
+    if set(_protocols(fs)) & _LOCAL_PROTOCOLS:
+        return LocalStore(Path(path.path), owned=True)  # a shared volume: keep the atomic rename
+    return ObjectStore(fs, path.path)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+class ChannelWriter:
+    """The runner's side, the only writer of the status and the artifacts. Thread-safe: dbt's events come
+    from the runner's main loop while heartbeats come from its own thread."""
+
+    def __init__(self, spec: ChannelSpec, *, command: str, store: ChannelStore | None = None) -> None:
+        self.spec = spec
+        self._store = store
+        self._lock = threading.Lock()
+        self.status = RunStatus(command=command, host=socket.gethostname(), runner_pid=os.getpid(),
+                                started_at=time.time())  # fmt: skip
+
+    @property
+    def store(self) -> ChannelStore:
+        if self._store is None:
+            self._store = open_store(self.spec)
+        return self._store
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """Take one of dbt's JSON events: keep error events and a compact copy of node results."""
+        compact = compact_node_event(event)
+        with self._lock:
+            status = self.status
+            if is_error_event(event) and len(status.error_events) < MAX_ERROR_EVENTS:
+                status.error_events.append(dict(event))
+            if compact is not None:
+                status.node_count += 1
+                status.nodes.append({**compact, "seq": status.node_count})
+                del status.nodes[:-NODE_RING]
+
+    def heartbeat(self) -> None:
+        """Publish the status so far (one write): readers see the run alive and its progress."""
+        with self._lock:
+            self.status.beat += 1
+            self.status.updated_at = time.time()
+            data = self.status.to_bytes()
+        self.store.write(STATUS_FILE, data)
+
+    def cancel_request(self) -> str | None:
+        """The reason of a reader's cancel request (``killed``, ``timeout``), if one was made."""
+        content = _json_object(self.store.read(CANCEL_FILE))
+        return str(content.get("reason") or "killed") if content is not None else None
+
+    def finish(self, exit_code: int, *, stopped: str | None, files: Iterable[tuple[Path, str]] = ()) -> None:
+        """Publish the final artifacts (remote), then the final status: a reader that sees ``finished`` finds them."""
+        if self.spec.remote:
+            self.store.write(ARTIFACTS_FILE, pack(files))
+        with self._lock:
+            status = self.status
+            status.state, status.exit_code, status.stopped = "finished", exit_code, stopped
+            status.ended_at = status.updated_at = time.time()
+            status.artifacts = self.spec.remote
+            status.beat += 1
+            data = status.to_bytes()
+        self.store.write(STATUS_FILE, data)
+
+
+class ChannelReader:
+    """The reader API (trigger, ``execute_complete``, the sweep): one read per status, artifacts once."""
+
+    def __init__(self, spec: ChannelSpec, *, store: ChannelStore | None = None) -> None:
+        self.spec = spec
+        self._store = store
+
+    @property
+    def store(self) -> ChannelStore:
+        if self._store is None:
+            self._store = open_store(self.spec)
+        return self._store
+
+    def status(self) -> RunStatus | None:
+        """The run's latest status (one read); None before the runner published one."""
+        return RunStatus.from_bytes(self.store.read(STATUS_FILE))
+
+    def request_cancel(self, reason: str) -> None:
+        """Ask the runner to stop dbt (SIGINT, its grace period, then SIGKILL) and to record that it did."""
+        self.store.write(CANCEL_FILE, json.dumps({"reason": reason, "requested_at": time.time()}).encode())
+
+    def collect(self, into: Path) -> Path:
+        """The run's files on this host: the run dir itself (local), or the published artifacts unpacked
+        into ``into`` (remote); raises ``FileNotFoundError`` when a remote run published none."""
+        if not self.spec.remote:
+            return Path(self.spec.run_dir)
+        data = self.store.read(ARTIFACTS_FILE)
+        if data is None:
+            raise FileNotFoundError(f"{self.spec.url}/{ARTIFACTS_FILE}")
+        unpack(data, into)
+        return into
+
+    def remove(self) -> None:
+        """Remove the channel's documents (a local run dir goes with the run's own clean-up)."""
+        self.store.remove()
+
+
+def pack(files: Iterable[tuple[Path, str]]) -> bytes:
+    """A gzipped tar of ``(path, name in archive)`` pairs; directories are added with what they hold."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+        for path, name in files:
+            if path.is_dir():
+                for child in sorted(path.rglob("*")):
+                    if child.is_file() and child.name not in _PACKED_TARGET_SKIP:
+                        archive.add(child, f"{name}/{child.relative_to(path).as_posix()}", recursive=False)
+            elif path.is_file():
+                archive.add(path, name, recursive=False)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, into: Path) -> None:
+    """Extract an archive made by ``pack``; members that would leave ``into`` are refused (tar data filter)."""
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        archive.extractall(into, filter="data")
+
+
+def _json_object(data: bytes | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        content = json.loads(data)
+    except ValueError:
+        return None
+    return content if isinstance(content, dict) else None

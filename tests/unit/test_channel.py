@@ -1,0 +1,207 @@
+"""Unit tests for dlh_airflow_common.dbt.channel: the status document, the two stores, writer and reader."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from dlh_airflow_common.dbt.channel import (
+    ARTIFACTS_FILE,
+    CANCEL_FILE,
+    NODE_RING,
+    STATUS_FILE,
+    ChannelReader,
+    ChannelSpec,
+    ChannelWriter,
+    LocalStore,
+    ObjectStore,
+    RunStatus,
+    open_store,
+    pack,
+    unpack,
+)
+
+
+def node_event(index: int, name: str, status: str = "success") -> dict[str, Any]:
+    return {
+        "info": {"name": "LogModelResult", "level": "info", "msg": f"{index} of 9 OK " + "x" * 2000},
+        "data": {"index": index, "total": 9, "execution_time": 0.5, "status": "SELECT 1",
+                 "node_info": {"unique_id": f"model.shop.{name}", "node_status": status, "compiled": "y" * 5000}},
+    }  # fmt: skip
+
+
+ERROR_EVENT = {"info": {"name": "RunResultError", "level": "error", "msg": "Database Error in model bad"}, "data": {}}
+
+
+@pytest.fixture
+def memory_store() -> ObjectStore:
+    """fsspec's in-memory file system: a real object-store implementation, no server needed."""
+    fs = fsspec.filesystem("memory")
+    root = f"/channel-{id(fs)}-{threading.get_ident()}"
+    yield ObjectStore(fs, root)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_spec_names_the_run_under_the_base_url_and_round_trips(tmp_path: Path) -> None:
+    spec = ChannelSpec.for_run(tmp_path / "run_x", "s3://bucket/runs/", "aws_channel", heartbeat_interval=2)
+    assert spec.url == "s3://bucket/runs/run_x" and spec.remote and spec.where == spec.url
+    assert ChannelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    local = ChannelSpec.for_run(tmp_path / "run_x", None, "aws_channel")
+    assert not local.remote and local.conn_id is None, "a local channel needs no connection"
+    assert local.where == str(tmp_path / "run_x")
+    assert ChannelSpec.from_dict(None) is None and ChannelSpec.from_dict({"url": "s3://x"}) is None
+
+
+def test_status_round_trips_and_rejects_what_is_not_a_status() -> None:
+    status = RunStatus(state="finished", command="build", beat=3, exit_code=1, error_events=[ERROR_EVENT])
+    assert RunStatus.from_bytes(status.to_bytes()) == status
+    for data in (
+        None,
+        b"",
+        b"{",
+        b"[]",
+        b'{"exit_code": 0}',
+        b'{"state": "weird"}',
+        b'{"state": "running", "beat": []',
+    ):
+        assert RunStatus.from_bytes(data) is None, data
+
+
+def test_writer_keeps_compact_nodes_and_error_events_and_readers_see_each_heartbeat(tmp_path: Path) -> None:
+    spec = ChannelSpec(str(tmp_path))
+    writer = ChannelWriter(spec, command="build")
+    reader = ChannelReader(spec)
+    assert reader.status() is None, "nothing before the first heartbeat"
+    writer.event(node_event(1, "orders"))
+    writer.event(ERROR_EVENT)
+    writer.event({"info": {"name": "MainReportVersion", "level": "info", "msg": "Running with dbt"}})
+    writer.heartbeat()
+    first = reader.status()
+    assert first is not None and not first.finished and first.beat == 1 and first.command == "build"
+    assert first.error_events == [ERROR_EVENT] and first.node_count == 1
+    (node,) = first.nodes
+    assert node["seq"] == 1 and node["data"]["node_info"] == {
+        "unique_id": "model.shop.orders",
+        "node_status": "success",
+    }
+    assert len(json.dumps(node)) < 400, "the channel carries a compact node result, not dbt's whole event"
+    writer.heartbeat()
+    assert reader.status().beat == 2, "every heartbeat moves the beat, even with nothing new"
+
+
+def test_the_ring_keeps_the_last_nodes_and_a_reader_learns_how_many_it_missed(tmp_path: Path) -> None:
+    writer = ChannelWriter(ChannelSpec(str(tmp_path)), command="run")
+    for index in range(1, NODE_RING + 11):
+        writer.event(node_event(index, f"m{index}"))
+    writer.heartbeat()
+    status = ChannelReader(ChannelSpec(str(tmp_path))).status()
+    assert status.node_count == NODE_RING + 10 and len(status.nodes) == NODE_RING
+    new, missed = status.nodes_after(0)
+    assert missed == 10 and new[0]["seq"] == 11
+    new, missed = status.nodes_after(NODE_RING + 5)
+    assert missed == 0 and [n["seq"] for n in new] == [NODE_RING + 6 + i for i in range(5)]
+    assert status.nodes_after(NODE_RING + 10) == ([], 0)
+
+
+def test_cancel_request_reaches_the_writer(tmp_path: Path) -> None:
+    spec = ChannelSpec(str(tmp_path))
+    writer = ChannelWriter(spec, command="run")
+    assert writer.cancel_request() is None
+    ChannelReader(spec).request_cancel("timeout")
+    assert writer.cancel_request() == "timeout"
+    assert json.loads((tmp_path / CANCEL_FILE).read_text())["reason"] == "timeout"
+
+
+def test_local_finish_publishes_no_archive_and_collect_is_the_run_dir(tmp_path: Path) -> None:
+    spec = ChannelSpec(str(tmp_path))
+    (tmp_path / "target").mkdir()
+    ChannelWriter(spec, command="run").finish(0, stopped=None, files=[(tmp_path / "target", "target")])
+    reader = ChannelReader(spec)
+    final = reader.status()
+    assert final.finished and final.exit_code == 0 and final.artifacts is False and final.ended_at
+    assert not (tmp_path / ARTIFACTS_FILE).exists()
+    assert reader.collect(tmp_path / "elsewhere") == tmp_path
+    reader.remove()
+    assert (tmp_path / STATUS_FILE).is_file(), "a run dir is removed by the run's own clean-up, not the reader"
+
+
+def test_remote_finish_publishes_artifacts_before_the_final_status(tmp_path: Path, memory_store: ObjectStore) -> None:
+    run_dir = tmp_path / "run_a"
+    (run_dir / "target" / "compiled").mkdir(parents=True)
+    (run_dir / "logs").mkdir()
+    (run_dir / "target" / "run_results.json").write_text('{"results": []}')
+    (run_dir / "target" / "compiled" / "m.sql").write_text("select 1")
+    (run_dir / "target" / "partial_parse.msgpack").write_bytes(b"\0" * 1000)
+    (run_dir / "logs" / "events.jsonl").write_text("{}\n")
+    spec = ChannelSpec(str(run_dir), url="memory://channel/run_a")
+    writes: list[str] = []
+    original = memory_store.write
+
+    def recording(name: str, data: bytes) -> None:
+        writes.append(name)
+        original(name, data)
+
+    memory_store.write = recording  # type: ignore[method-assign]
+    writer = ChannelWriter(spec, command="build", store=memory_store)
+    writer.heartbeat()
+    writer.finish(1, stopped="killed", files=[(run_dir / "target", "target"), (run_dir / "logs", "logs")])
+    assert writes == [STATUS_FILE, ARTIFACTS_FILE, STATUS_FILE], "a reader that sees finished finds the artifacts"
+
+    reader = ChannelReader(spec, store=memory_store)
+    final = reader.status()
+    assert final.finished and final.exit_code == 1 and final.stopped == "killed" and final.artifacts
+    into = tmp_path / "collected"
+    assert reader.collect(into) == into
+    assert (into / "target" / "run_results.json").read_text() == '{"results": []}'
+    assert (into / "target" / "compiled" / "m.sql").read_text() == "select 1"
+    assert (into / "logs" / "events.jsonl").is_file()
+    assert not (into / "target" / "partial_parse.msgpack").exists(), "dbt's own parse cache stays behind"
+    reader.remove()
+    assert reader.status() is None and memory_store.read(ARTIFACTS_FILE) is None
+
+
+def test_collect_without_published_artifacts_says_where_it_looked(tmp_path: Path, memory_store: ObjectStore) -> None:
+    reader = ChannelReader(ChannelSpec(str(tmp_path), url="memory://channel/run_b"), store=memory_store)
+    with pytest.raises(FileNotFoundError, match=re.escape("memory://channel/run_b/artifacts.tar.gz")):
+        reader.collect(tmp_path / "into")
+
+
+def test_unpack_refuses_members_that_leave_the_target_dir(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(tarfile.FilterError):
+        unpack(buffer.getvalue(), tmp_path / "into")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_pack_of_missing_paths_is_an_empty_archive(tmp_path: Path) -> None:
+    data = pack([(tmp_path / "nope", "target"), (tmp_path / "nofile.json", "x.json")])
+    unpack(data, tmp_path / "into")
+    assert list((tmp_path / "into").iterdir()) == []
+
+
+def test_open_store_of_a_file_url_writes_atomically_in_its_own_dir(tmp_path: Path) -> None:
+    spec = ChannelSpec(str(tmp_path / "run_dir"), url=f"file://{tmp_path}/shared/run_c")
+    store = open_store(spec)
+    assert isinstance(store, LocalStore) and store.root == tmp_path / "shared" / "run_c"
+    ChannelWriter(spec, command="run", store=store).heartbeat()
+    assert ChannelReader(spec).status().beat == 1, "another reader opens the same store from the URL"
+    assert [p.name for p in store.root.iterdir()] == [STATUS_FILE], "no temp file left by the atomic write"
+    store.remove()
+    assert not store.root.exists(), "a channel dir of its own goes with the channel"
+
+
+def test_local_store_of_a_missing_dir_reads_nothing(tmp_path: Path) -> None:
+    assert LocalStore(tmp_path / "missing").read(STATUS_FILE) is None
