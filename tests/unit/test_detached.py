@@ -412,3 +412,12 @@ def test_no_dbt_record_before_dbt_started(run_dir: Path) -> None:
     assert read_dbt_process(run_dir) is None
     write_json_atomic(run_dir / DBT_PROCESS_FILE, {"pid": "nope"})
     assert read_dbt_process(run_dir) is None
+
+
+def test_importing_the_runner_loads_no_airflow() -> None:
+    """The runner starts for every deferred run: a local channel must not pay Airflow's import (seconds of CPU)."""
+    code = (
+        "import sys, dlh_airflow_common.dbt.detached; print(sorted(m for m in sys.modules if m.startswith('airflow')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from dlh_airflow_common.dbt.events import is_error_event
-from dlh_airflow_common.dbt.report import compact_node_event
+from dlh_airflow_common.dbt.events import compact_node_event, is_error_event
 
 STATUS_FILE = "status.json"
 CANCEL_FILE = "cancel.json"
