@@ -22,7 +22,7 @@ from dlh_airflow_common.dbt.artifacts import (
     KeptArtifacts,
     load_artifact,
 )
-from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, RunStatus
+from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_INTERVAL, ChannelReader, ChannelSpec, RunStatus
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.detached import (
     EVENTS_FILE,
@@ -55,6 +55,7 @@ from dlh_airflow_common.exceptions.dbt import (
 )
 from dlh_airflow_common.hooks.dbt_connection_test import run_connection_test
 from dlh_airflow_common.hooks.dbt_profile_source import Profile, ProfileSource
+from dlh_airflow_common.settings import configured_seconds
 
 __all__ = ["DbtHook", "DbtTaskResult"]
 
@@ -295,7 +296,10 @@ class DbtHook(BaseHook):
             self._before_invocation(project, run_dir, first)
             env = {**os.environ, **BASE_ENV, **profile.env, "PYTHONUNBUFFERED": "1",
                    ORPHAN_GRACE_ENV: str(self.grace_period)}  # fmt: skip
-            channel = ChannelSpec.for_run(run_dir.path, self.run_channel, self.run_channel_conn_id)
+            channel = ChannelSpec.for_run(
+                run_dir.path, self.run_channel, self.run_channel_conn_id,
+                heartbeat_interval=configured_seconds("run_channel_heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL),
+            )  # fmt: skip
             if channel.conn_id:  # the runner reads it as Airflow reads AIRFLOW_CONN_*; it never reaches dbt
                 env[channel_conn_env(channel.conn_id)] = self.get_connection(channel.conn_id).as_json()
             meta = {

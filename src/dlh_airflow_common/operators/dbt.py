@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from dlh_airflow_common.dbt import retry_state
-from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
+from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.detached import stop_group
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir
@@ -21,6 +21,7 @@ from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
 from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, GENERATED_TARGET_NAME
 from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink
 from dlh_airflow_common.operators import after_run
+from dlh_airflow_common.settings import configured, configured_seconds
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 
 if TYPE_CHECKING:
@@ -39,14 +40,6 @@ def as_timedelta(value: timedelta | int | float | None) -> timedelta | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"execution_timeout must be a positive number of seconds or a timedelta, got {value!r}")
     return timedelta(seconds=value)
-
-
-def configured(option: str) -> str | None:
-    """``[dlh_dbt] <option>`` from the Airflow config (env ``AIRFLOW__DLH_DBT__<OPTION>``); None when unset."""
-    from airflow.configuration import conf
-
-    value = conf.get("dlh_dbt", option, fallback=None)
-    return str(value) if value else None
 
 
 def refuse_local_channel_on_kubernetes(task_executor: str | None) -> None:
@@ -310,6 +303,7 @@ class DbtOperator(BaseOperator):
             grace_period=self.kill_grace_period,
             keep_run_dir=self.keep_target_artifacts,
             channel=process.channel,
+            heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 
