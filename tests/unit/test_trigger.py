@@ -794,3 +794,113 @@ async def test_on_kill_cut_short_still_removes_the_run_dir_once_dbt_has_died(run
     await until(lambda: not run.alive(), "dbt to get SIGKILL when on_kill is cut short", timeout=5.0)
     await until(lambda: not run.run_dir.exists(), "the run dir to be removed after dbt died", timeout=15.0)
     assert run.reap() == -signal.SIGKILL
+
+
+# -- remote channel: the trigger sees only the channel (a file:// URL here: a real store, no server) ---------------
+
+REMOTE_HOST = "worker-elsewhere"
+
+
+def remote_trigger(tmp_path: Path, **overrides: Any) -> tuple[DbtExecutionTrigger, ChannelWriter]:
+    """A trigger for a run on another host: its run dir does not exist here and its pid means nothing here."""
+    run_dir = tmp_path / "on-the-worker" / "run_20260101_000000_dag_task_try1_remote"
+    spec = ChannelSpec.for_run(run_dir, f"file://{tmp_path}/shared", heartbeat_interval=0.1)
+    kwargs: dict[str, Any] = {"run_dir": str(run_dir), "pid": 2**22 + 17, "host": REMOTE_HOST,
+                              "poll_interval": POLL, "grace_period": 0.5, "channel": spec.to_dict(),
+                              "heartbeat_timeout": 1.0, **overrides}  # fmt: skip
+    return with_test_logger(DbtExecutionTrigger(**kwargs)), ChannelWriter(spec, command="build")
+
+
+async def runner_obeying_cancel(writer: ChannelWriter) -> str:
+    """Plays the remote runner: heartbeats until a cancel request, then publishes its final status."""
+    while (reason := writer.cancel_request()) is None:
+        writer.heartbeat()
+        await asyncio.sleep(0.05)
+    writer.finish(130, stopped=reason)
+    return reason
+
+
+async def test_remote_success_is_read_from_the_channel_alone(tmp_path: Path, progress: Any) -> None:
+    trigger, writer = remote_trigger(tmp_path)
+    writer.event(model_result(1, 1, "orders"))
+    writer.finish(0, stopped=None)
+    payload = await the_event(trigger)
+    assert payload["status"] == "success" and payload["channel"]["url"].endswith(
+        "run_20260101_000000_dag_task_try1_remote"
+    )
+    assert messages(progress) == ["[1/1] OK model.shop.orders ... 1.25s"]
+    assert not (tmp_path / "on-the-worker").exists(), "the trigger never looked for the worker's run dir"
+
+
+async def test_remote_failure_is_classified_from_the_published_error_events(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path)
+    writer.event(RUN_RESULT_ERROR)
+    writer.finish(1, stopped=None)
+    payload = await the_event(trigger)
+    assert payload["status"] == "error" and payload["exit_code"] == 1
+    assert payload["node_id"] == "model.shop.bad"
+
+
+async def test_a_moving_heartbeat_keeps_the_run_alive_past_the_timeout(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, heartbeat_timeout=0.3)
+    watching = asyncio.create_task(all_events(trigger))
+    end = time.monotonic() + 1.2
+    while time.monotonic() < end:
+        writer.heartbeat()
+        await asyncio.sleep(0.05)
+    assert not watching.done(), "a beating runner is never lost"
+    writer.finish(0, stopped=None)
+    assert [e.payload["status"] for e in await watching] == ["success"]
+
+
+async def test_a_heartbeat_that_stands_still_is_lost(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, heartbeat_timeout=0.3)
+    writer.heartbeat()
+    payload = await the_event(trigger)
+    assert payload["status"] == "lost"
+    assert f"runner {2**22 + 17} on {REMOTE_HOST} sent no heartbeat to file://" in payload["message"]
+    assert "(limit 0.3s)" in payload["message"]
+
+
+async def test_no_status_at_all_is_lost_after_the_timeout(tmp_path: Path) -> None:
+    trigger, _ = remote_trigger(tmp_path, heartbeat_timeout=0.3)
+    assert (await the_event(trigger))["status"] == "lost"
+
+
+async def test_remote_deadline_writes_a_cancel_request_and_waits_for_the_runner(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, deadline=time.time() - 1)
+    runner = asyncio.create_task(runner_obeying_cancel(writer))
+    payload = await the_event(trigger)
+    assert await runner == "timeout"
+    assert payload["status"] == "timeout" and payload["stopped"] is True
+
+
+async def test_remote_deadline_without_a_confirming_runner_says_so(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, deadline=time.time() - 1, grace_period=0.1)
+    writer.heartbeat()
+    payload = await the_event(trigger)
+    assert payload["status"] == "timeout" and payload["stopped"] is False
+    assert f"dbt on {REMOTE_HOST} did not confirm that it stopped" in payload["message"]
+    assert writer.cancel_request() == "timeout", "the request stays for a runner that comes back"
+
+
+async def test_remote_on_kill_cancels_then_removes_the_channel_once_confirmed(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path)
+    runner = asyncio.create_task(runner_obeying_cancel(writer))
+    await trigger.on_kill()
+    assert await runner == "killed"
+    assert not Path(trigger.channel.url.removeprefix("file://")).exists(), "a confirmed kill leaves no channel"
+
+
+async def test_remote_on_kill_keeps_the_channel_when_asked_or_unconfirmed(tmp_path: Path) -> None:
+    kept, writer = remote_trigger(tmp_path, keep_run_dir=True)
+    runner = asyncio.create_task(runner_obeying_cancel(writer))
+    await kept.on_kill()
+    assert await runner == "killed"
+    assert Path(kept.channel.url.removeprefix("file://"), "status.json").is_file()
+
+    silent, other = remote_trigger(tmp_path / "second", grace_period=0.1)
+    other.heartbeat()
+    await silent.on_kill()
+    assert other.cancel_request() == "killed"
+    assert Path(silent.channel.url.removeprefix("file://"), "status.json").is_file(), "unconfirmed: kept"
