@@ -19,6 +19,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from pg_server import PostgresServer, started_server  # noqa: E402
+from s3_server import MotoS3  # noqa: E402
 
 # =====================================================================================================
 # PostgreSQL: one real throwaway server per test session (see tests/pg_server.py)
@@ -71,6 +72,13 @@ def pg_server() -> Iterator[PostgresServer]:
     Tests that stop the server must call ``start_again()`` before they finish.
     """
     with started_server(_pg_unavailable) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """moto's S3 on 127.0.0.1, one bucket: the remote run channel of deferred runs."""
+    with MotoS3(bucket="dlh-integration-channel") as server:
         yield server
 
 

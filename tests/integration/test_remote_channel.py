@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,9 @@ DAG = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3(bucket="dlh-remote-channel") as server:
-        yield server
+@pytest.fixture
+def s3(s3_server: MotoS3) -> MotoS3:
+    return s3_server
 
 
 @pytest.fixture

@@ -10,11 +10,13 @@ in a 0700 directory while it exists and gone afterwards.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import pickle
 import stat
 import sys
+import tarfile
 import tempfile
 import textwrap
 import threading
@@ -34,6 +36,7 @@ from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.hooks.dbt import DbtHook
 from modes import MODES
 from pg_server import PostgresServer
+from s3_server import MotoS3
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +269,23 @@ OPERATOR_DAG = textwrap.dedent(
 )
 
 
-OPERATOR_MODES = {**MODES, "deferrable": {"deferrable": True}}
+OPERATOR_MODES = {**MODES, "deferrable": {"deferrable": True}, "deferrable-s3": {"deferrable": True}}
+CHANNEL_CONN = "leak_channel"
+
+
+def _scan_channel(s3: MotoS3, prefix: str, evidence: Evidence) -> int:
+    """Every object of a run channel, and every member of its archive, searched for the secrets."""
+    keys = s3.list_objects(prefix)
+    for key in keys:
+        body = s3.get_object(key)
+        evidence.hits += [f"channel {key}: {hit}" for hit in hits_in(body)]
+        if key.endswith(".tar.gz"):
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+                for member in archive.getmembers():
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        evidence.hits += [f"channel {key}!{member.name}: {hit}" for hit in hits_in(handle.read())]
+    return len(keys)
 
 
 @pytest.mark.parametrize("mode", OPERATOR_MODES)
@@ -282,14 +301,20 @@ def test_operator_under_dag_test_leaks_nothing(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     project = _project(tmp_path, case)
     runs = tmp_path / "runs"
     monkeypatch.setenv("AIRFLOW_CONN_LEAKCONN", json.dumps(_conn(pg_server, case)))
     dag_id = f"leak_{case}_{mode.replace('-', '_')}"
     dag_file = tmp_path / f"{dag_id}.py"
+    mode_kwargs = dict(OPERATOR_MODES[mode])
+    if mode == "deferrable-s3":
+        s3 = request.getfixturevalue("s3_server")
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CHANNEL_CONN.upper()}", s3.connection())
+        mode_kwargs |= {"run_channel": s3.url(f"leaks/{dag_id}"), "run_channel_conn_id": CHANNEL_CONN}
     dag_file.write_text(
-        OPERATOR_DAG.format(dag_id=dag_id, project=str(project), runs=str(runs), mode_kwargs=OPERATOR_MODES[mode])
+        OPERATOR_DAG.format(dag_id=dag_id, project=str(project), runs=str(runs), mode_kwargs=mode_kwargs)
     )
     evidence = Evidence()
     watcher = FileWatcher([runs, private_tmp, airflow_db / "logs"], evidence, monkeypatch)
@@ -310,7 +335,9 @@ def test_operator_under_dag_test_leaks_nothing(
     xcoms = {f"{task}/{key}": value for (task, key), value in run.xcoms.items()}
     assert xcoms, "the operator pushed its summary"
     texts = [*lines, out, err, json.dumps(xcoms, default=str)]
-    _check(f"operator/{mode}/{case}", evidence, texts, private_tmp, runs, deferred=mode == "deferrable")
+    if mode == "deferrable-s3":  # kept (keep_target_artifacts): status, cancel request, artifacts
+        assert _scan_channel(request.getfixturevalue("s3_server"), f"leaks/{dag_id}", evidence) >= 2
+    _check(f"operator/{mode}/{case}", evidence, texts, private_tmp, runs, deferred=mode.startswith("deferrable"))
 
 
 class _TaskInstance:
