@@ -11,6 +11,7 @@ visible in /proc; a host's files are visible through ``/proc/<its pid 1>/root``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ class HostError(RuntimeError):
     """A host did not come up, or was asked about something that is not its own."""
 
 
+@functools.cache
 def namespaces_available() -> tuple[bool, str]:
     """Whether hosts can be made here (root, unshare, nsenter, mount), and why not when they cannot."""
     if os.geteuid() != 0:

@@ -28,6 +28,7 @@ DAG = """
                     run_dir_root={runs!r}, deferrable={deferrable!r}, check_interval=0.5, retries=0)
 """
 STOP_LIMIT = 30  # seconds for dbt and its query to be gone after a kill (issue 12)
+_HEARTBEAT_TIMEOUT = "Detected a task instance without a heartbeat"  # the scheduler's log line
 
 
 def _deploy_dag(
@@ -155,6 +156,9 @@ def test_worker_host_lost_mid_sync_run_leaves_no_dbt_and_no_query(
             "celery_sync_host_lost", run_id, "dbt", ["failed", "up_for_retry"], limit=limit
         )
         assert ti["state"] == "failed"
+        scheduler_log = celery_deployment.services["scheduler"].log_tail(lines=100_000)
+        assert _HEARTBEAT_TIMEOUT in scheduler_log, "the scheduler failed it for its missing heartbeats"
+        assert "celery_sync_host_lost" in scheduler_log[scheduler_log.index(_HEARTBEAT_TIMEOUT) :]
         run = celery_deployment.wait_run_state("celery_sync_host_lost", run_id, ["success", "failed"])
         assert run["state"] == "failed"
         assert dbt_processes(str(projects.root)) == []
