@@ -356,8 +356,19 @@ class AirflowDeployment:
         return self._client
 
     def api(self, method: str, path: str, *, ok: Iterable[int] = (200,), **kwargs: Any) -> Any:
-        """One REST API call (``path`` under /api/v2); its JSON, or DeploymentError on another status."""
-        response = self.client.request(method, path, **kwargs)
+        """One REST API call (``path`` under /api/v2); its JSON, or DeploymentError on another status.
+
+        A GET that times out is asked again (twice at most): on a loaded 2-core machine the single api-server
+        worker can stall past the client's timeout, and a read is safe to repeat.
+        """
+        attempts = 3 if method.upper() == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self.client.request(method, path, **kwargs)
+                break
+            except httpx.TimeoutException:
+                if attempt == attempts:
+                    raise
         if response.status_code not in set(ok):
             raise DeploymentError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
         if not response.content:
