@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := adapters,s3,openlineage,statsd,dev
 # Debian packages the tests need, as CHECK_PATH:PACKAGE (scripts/system_packages.sh installs them as root).
-TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15
+TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin/redis-server:redis-server
 
 .PHONY: install system-packages demo test lint typecheck lock clean bench
 

@@ -37,7 +37,6 @@ SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 _HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 _ADMIN = "admin"
-_DB_ROLE = "airflow_meta"
 
 
 class DeploymentError(RuntimeError):
@@ -125,6 +124,7 @@ class AirflowDeployment:
         extra_services: Sequence[Sequence[str]] = (),
         base_dir: str | Path | None = None,
         start_timeout: float = 240,
+        db_name: str = "airflow_meta",
     ) -> None:
         self.pg = pg
         self.extra_env = dict(env or {})
@@ -133,10 +133,12 @@ class AirflowDeployment:
         self.parallelism = parallelism
         self.extra_services = [list(argv) for argv in extra_services]
         self.start_timeout = start_timeout
+        self.db_name = db_name  # the metadata DB and its role on ``pg``
         self.home = Path(tempfile.mkdtemp(prefix="dlh-deploy-airflow-", dir=str(base_dir) if base_dir else None))
         self.dags_folder = self.home / "dags"
         self.logs_folder = self.home / "logs"
         self.port = 0
+        self.log_server_ports = (0, 0)  # worker's, triggerer's: free ones, so deployments side by side never clash
         self.services: dict[str, Service] = {}
         self._password = secrets.token_urlsafe(16)
         self._db_password = secrets.token_urlsafe(16)
@@ -157,7 +159,7 @@ class AirflowDeployment:
     def environment(self) -> dict[str, str]:
         """The services' environment: this process's, minus any Airflow setting, plus the deployment's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST", "PG"))}
-        db = f"postgresql+psycopg2://{_DB_ROLE}:{self._db_password}@{self.pg.host}:{self.pg.port}/{_DB_ROLE}"
+        db = f"postgresql+psycopg2://{self.db_name}:{self._db_password}@{self.pg.host}:{self.pg.port}/{self.db_name}"
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
@@ -176,6 +178,8 @@ class AirflowDeployment:
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._db_password + "-jwt",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs_folder),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_ports[0]),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_server_ports[1]),
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
                 "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -193,16 +197,13 @@ class AirflowDeployment:
             self.logs_folder.mkdir()
             (self.home / "passwords.json").write_text(json.dumps({_ADMIN: self._password}))
             self.port = _free_port()
+            self.log_server_ports = (_free_port(), _free_port())
             started = time.monotonic()
             self._create_metadata_db()
             self.airflow("db", "migrate", timeout=self.start_timeout)
             self.timings["db_migrate_s"] = time.monotonic() - started
             started = time.monotonic()
-            self._start_service("api-server", ["api-server", "--port", str(self.port)])
-            for name in SERVICES[1:]:
-                self._start_service(name, [name])
-            for argv in self.extra_services:
-                self._start_service(argv[0], list(argv))
+            self._start_services()
             self._wait_healthy()
             self.timings["services_healthy_s"] = time.monotonic() - started
         except BaseException:
@@ -210,11 +211,20 @@ class AirflowDeployment:
             raise
         return self
 
+    def _start_services(self) -> None:
+        """Every service, each in its own process group (a subclass may place some elsewhere)."""
+        self._start_service("api-server", ["api-server", "--port", str(self.port)])
+        for name in SERVICES[1:]:
+            self._start_service(name, [name])
+        for argv in self.extra_services:
+            self._start_service(argv[0], list(argv))
+
     def _create_metadata_db(self) -> None:
+        name = self.db_name
         self.pg.psql(
-            f"DROP DATABASE IF EXISTS {_DB_ROLE};\nDROP ROLE IF EXISTS {_DB_ROLE};\n"
-            f"CREATE ROLE {_DB_ROLE} LOGIN PASSWORD '{self._db_password}';\n"
-            f"CREATE DATABASE {_DB_ROLE} OWNER {_DB_ROLE};\n"
+            f"DROP DATABASE IF EXISTS {name};\nDROP ROLE IF EXISTS {name};\n"
+            f"CREATE ROLE {name} LOGIN PASSWORD '{self._db_password}';\n"
+            f"CREATE DATABASE {name} OWNER {name};\n"
         )
 
     def airflow(self, *args: str, timeout: float = 120) -> str:
@@ -246,9 +256,13 @@ class AirflowDeployment:
             )
         self.services[name] = Service(name, process, log_path)
 
+    def watched(self) -> dict[str, Service]:
+        """The services that must stay up, by the name /monitor/health knows them (a subclass adds its own)."""
+        return dict(self.services)
+
     def check_alive(self) -> None:
         """Raise DeploymentError naming the first service that exited, with the tail of its log."""
-        for service in self.services.values():
+        for service in self.watched().values():
             code = service.process.poll()
             if code is not None:
                 raise DeploymentError(f"airflow {service.name} exited ({code}):\n{service.log_tail()}")
@@ -263,13 +277,13 @@ class AirflowDeployment:
             if response.status_code != 200:
                 return False
             health = response.json()
-            wanted = [_HEALTH_COMPONENTS[name] for name in self.services if name in _HEALTH_COMPONENTS]
+            wanted = [_HEALTH_COMPONENTS[name] for name in self.watched() if name in _HEALTH_COMPONENTS]
             return all(health.get(part, {}).get("status") == "healthy" for part in ["metadatabase", *wanted])
 
         try:
             wait_until(healthy, self.start_timeout, "every Airflow service to report healthy", interval=0.5)
         except DeploymentError as err:
-            tails = "\n".join(f"--- {s.name} ---\n{s.log_tail(15)}" for s in self.services.values())
+            tails = "\n".join(f"--- {s.name} ---\n{s.log_tail(15)}" for s in self.watched().values())
             raise DeploymentError(f"{err}\n{tails}") from None
 
     # ------------------------------------------------------------------ tear-down
@@ -310,7 +324,7 @@ class AirflowDeployment:
             time.sleep(0.2)
         self.services.clear()
         with contextlib.suppress(Exception):
-            self.pg.psql(f"DROP DATABASE IF EXISTS {_DB_ROLE} WITH (FORCE);\nDROP ROLE IF EXISTS {_DB_ROLE};\n")
+            self.pg.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE);\nDROP ROLE IF EXISTS {self.db_name};\n")
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> Self:
@@ -342,8 +356,19 @@ class AirflowDeployment:
         return self._client
 
     def api(self, method: str, path: str, *, ok: Iterable[int] = (200,), **kwargs: Any) -> Any:
-        """One REST API call (``path`` under /api/v2); its JSON, or DeploymentError on another status."""
-        response = self.client.request(method, path, **kwargs)
+        """One REST API call (``path`` under /api/v2); its JSON, or DeploymentError on another status.
+
+        A GET that times out is asked again (twice at most): on a loaded 2-core machine the single api-server
+        worker can stall past the client's timeout, and a read is safe to repeat.
+        """
+        attempts = 3 if method.upper() == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self.client.request(method, path, **kwargs)
+                break
+            except httpx.TimeoutException:
+                if attempt == attempts:
+                    raise
         if response.status_code not in set(ok):
             raise DeploymentError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
         if not response.content:
@@ -428,6 +453,14 @@ class AirflowDeployment:
             "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": "failed"}
         )
 
+    def task_try(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> dict[str, Any]:
+        """One try of a task instance as the REST API records it (state, hostname, pid, times)."""
+        return dict(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries/{try_number}"))
+
+    def ran_on(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The hostname Airflow recorded for a task try: the worker that ran its latest part (TI ``hostname``)."""
+        return str(self.task_try(dag_id, run_id, task_id, try_number).get("hostname") or "")
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
         entry = self.api(
             "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
@@ -435,19 +468,27 @@ class AirflowDeployment:
         )  # fmt: skip
         return entry["value"]
 
-    def task_log_text(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        """The task try's log as served by the REST API, one ``event`` per line."""
+    def task_log_items(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[Any]:
+        """The task try's log as served by the REST API: one dict per structured line (or plain strings)."""
         body = self.api(
             "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
             params={"full_content": "true"}, headers={"Accept": "application/json"},
         )  # fmt: skip
         content = body.get("content", []) if isinstance(body, dict) else body
-        if isinstance(content, str):
-            return content
-        lines = []
-        for item in content:
-            lines.append(str(item.get("event", "")) if isinstance(item, dict) else str(item))
-        return "\n".join(lines)
+        return [content] if isinstance(content, str) else list(content)
+
+    def task_log_text(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The task try's log as served by the REST API, one ``event`` per line."""
+        items = self.task_log_items(dag_id, run_id, task_id, try_number)
+        return "\n".join(str(item.get("event", "")) if isinstance(item, dict) else str(item) for item in items)
+
+    def task_errors(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
+        """``ExceptionType: message`` of every exception the task try's log records (its ``error_detail``)."""
+        errors = []
+        for item in self.task_log_items(dag_id, run_id, task_id, try_number):
+            for detail in item.get("error_detail", []) if isinstance(item, dict) else []:
+                errors.append(f"{detail.get('exc_type', '')}: {detail.get('exc_value', '')}")
+        return errors
 
     def task_log_lines(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[TaskLogLine]:
         """The task try's structured log file (JSON lines, as the worker wrote them), with timestamps."""

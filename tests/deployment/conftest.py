@@ -1,8 +1,12 @@
-"""One real Airflow deployment per test session (see airflow_deployment.py); its tests are marked `deployment`.
+"""Real Airflow deployments for this tier (airflow_deployment.py, celery_deployment.py); its tests are `deployment`.
 
-The services get their connections at start-up, so the projects and databases the tests use are made here:
-the example ``shop`` project on DuckDB (``AIRFLOW_CONN_DEPLOY_DUCKDB``) and the PostgreSQL fault project
-(``AIRFLOW_CONN_FAULT_PG``) on the same server as the metadata DB.
+Two kinds, each started once for the package and never both at once (on 2 cores two idle deployments slow
+each other; tests of one kind come module by module): ``deployment`` (LocalExecutor, every service on this
+machine) and ``celery_deployment`` (CeleryExecutor; two Celery workers and the triggerer as separate hosts,
+with a Redis broker and a moto S3 server). The services get their connections at start-up, so the projects
+and databases the tests use are made here: the example ``shop`` project on DuckDB (``AIRFLOW_CONN_DEPLOY_DUCKDB``),
+the PostgreSQL fault project (``AIRFLOW_CONN_FAULT_PG``) on the same server as the metadata DB, and (Celery)
+``AIRFLOW_CONN_AWS_CHANNEL`` for the S3 server.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -24,6 +28,9 @@ for _path in (_HERE, _HERE.parent):  # airflow_deployment, pg_server, pg_faults 
         sys.path.insert(0, str(_path))
 
 from airflow_deployment import AirflowDeployment  # noqa: E402
+from backing_services import MotoS3, RedisServer  # noqa: E402
+from celery_deployment import CeleryDeployment  # noqa: E402
+from hosts import namespaces_available  # noqa: E402
 
 from pg_faults import fault_conn, make_fault_project  # noqa: E402
 from pg_server import PostgresServer, started_server  # noqa: E402
@@ -33,12 +40,21 @@ DUCKDB_CONN_ID = "deploy_duckdb"
 PG_CONN_ID = "fault_pg"
 
 
-def _server_unavailable(reason: str) -> NoReturn:
+def _unavailable(message: str) -> NoReturn:
     """Fail in CI (a missing server must not pass silently), skip elsewhere; as tests/integration does."""
-    message = f"PostgreSQL server for the Airflow deployment unavailable: {reason}"
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def _server_unavailable(reason: str) -> NoReturn:
+    _unavailable(f"PostgreSQL server for the Airflow deployment unavailable: {reason}")
+
+
+def _require(check: Callable[[], tuple[bool, str]], what: str) -> None:
+    ok, reason = check()
+    if not ok:
+        _unavailable(f"{what} for the CeleryExecutor deployment unavailable: {reason}")
 
 
 @dataclass(frozen=True)
@@ -79,13 +95,85 @@ def projects(tmp_path_factory: pytest.TempPathFactory, deploy_pg: PostgresServer
     return found
 
 
+class OneAtATime:
+    """The tier's deployments by kind, each started on first use; starting one stops the one that runs."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, AirflowDeployment] = {}
+        self.failed: dict[str, str] = {}  # a kind that did not start is not tried again for every test
+
+    def get(self, kind: str, start: Callable[[], AirflowDeployment]) -> AirflowDeployment:
+        if kind in self.failed:
+            pytest.fail(f"the {kind} deployment did not start (see the first test that used it):\n{self.failed[kind]}")
+        if kind not in self.running:
+            self.stop()
+            try:
+                self.running[kind] = start()
+            except Exception as err:
+                self.failed[kind] = f"{type(err).__name__}: {str(err)[-3000:]}"
+                raise
+        return self.running[kind]
+
+    def stop(self) -> None:
+        while self.running:
+            kind, running = self.running.popitem()
+            running.stop()
+            print(f"\n{kind} deployment timings: {running.timings}")
+
+
 @pytest.fixture(scope="package")
-def deployment(deploy_pg: PostgresServer, projects: Projects) -> Iterator[AirflowDeployment]:
-    env = {
+def deployments() -> Iterator[OneAtATime]:
+    manager = OneAtATime()
+    try:
+        yield manager
+    finally:
+        manager.stop()
+
+
+def _connections(deploy_pg: PostgresServer, projects: Projects) -> dict[str, str]:
+    return {
         f"AIRFLOW_CONN_{DUCKDB_CONN_ID.upper()}": json.dumps(
             {"conn_type": "duckdb", "host": str(projects.shop.parent / "shop.duckdb")}
         ),
         f"AIRFLOW_CONN_{PG_CONN_ID.upper()}": fault_conn(deploy_pg),
     }
-    with AirflowDeployment(deploy_pg, env=env, pythonpath=[REPO_ROOT / "src"]) as running:
-        yield running
+
+
+@pytest.fixture
+def deployment(deployments: OneAtATime, deploy_pg: PostgresServer, projects: Projects) -> AirflowDeployment:
+    """api-server, scheduler (LocalExecutor), dag-processor and triggerer, all on this machine."""
+    env = _connections(deploy_pg, projects)
+    return deployments.get(
+        "local", lambda: AirflowDeployment(deploy_pg, env=env, pythonpath=[REPO_ROOT / "src"]).start()
+    )
+
+
+@pytest.fixture(scope="package")
+def redis_server() -> Iterator[RedisServer]:
+    _require(RedisServer.available, "Redis")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def s3_server() -> Iterator[MotoS3]:
+    _require(MotoS3.available, "moto S3")
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def celery_deployment(
+    deployments: OneAtATime, deploy_pg: PostgresServer, projects: Projects, redis_server: RedisServer,
+    s3_server: MotoS3,
+) -> CeleryDeployment:  # fmt: skip
+    """CeleryExecutor: api-server, scheduler, dag-processor here; worker-a, worker-b, triggerer-host as hosts."""
+    _require(namespaces_available, "Linux namespaces (unshare as root)")
+    env = _connections(deploy_pg, projects)
+
+    def start() -> CeleryDeployment:
+        return CeleryDeployment(deploy_pg, redis_server, s3=s3_server, env=env, pythonpath=[REPO_ROOT / "src"]).start()
+
+    running = deployments.get("celery", start)
+    assert isinstance(running, CeleryDeployment)
+    return running
