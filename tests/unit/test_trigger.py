@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from airflow.triggers.base import TriggerEvent
 
+import dlh_airflow_common.triggers.dbt as trigger_module
 from dlh_airflow_common.dbt.channel import NODE_RING, ChannelSpec, ChannelWriter
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
@@ -862,9 +863,14 @@ async def test_a_heartbeat_that_stands_still_is_lost(tmp_path: Path) -> None:
     assert "(limit 0.3s)" in payload["message"]
 
 
-async def test_no_status_at_all_is_lost_after_the_timeout(tmp_path: Path) -> None:
+async def test_no_status_at_all_is_lost_after_the_startup_allowance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trigger_module, "_FIRST_STATUS_SECONDS", 0.5)
     trigger, _ = remote_trigger(tmp_path, heartbeat_timeout=0.3)
-    assert (await the_event(trigger))["status"] == "lost"
+    payload = await the_event(trigger)
+    assert payload["status"] == "lost" and "published no status" in payload["message"]
+    assert "(limit 0.5s)" in payload["message"], "a runner gets longer for its first status than between beats"
 
 
 async def test_remote_deadline_writes_a_cancel_request_and_waits_for_the_runner(tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ _REMOVAL_SECONDS = 2.0  # what on_kill keeps of Airflow's on_kill_timeout for re
 _KILL_WAIT_SECONDS = 10.0  # after SIGKILL: long enough for the kernel to end the group, short enough to give up
 _NO_RUN_DIR, _FINISHED, _GONE, _RUNNING = "no run dir", "finished", "gone", "running"
 _RUNNER_EXIT_SECONDS = 5.0  # the longest a local trigger waits for a finished runner to exit
-_CONFIRM_MARGIN_SECONDS = 5.0  # beyond grace and two heartbeats, for a remote runner to publish its final status
+_CONFIRM_MARGIN_SECONDS = 5.0
+# A remote runner's first status waits for its object-store client (Airflow's import, the connection): allow
+# it this long before the first heartbeat counts (a loaded worker took over 20 s).
+_FIRST_STATUS_SECONDS = 120.0  # beyond grace and two heartbeats, for a remote runner to publish its final status
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
@@ -104,6 +107,7 @@ class DbtExecutionTrigger(BaseTrigger):
         self._reader = ChannelReader(self.channel)
         self._seq = 0
         self._beat: tuple[int, float] | None = None  # the last heartbeat seen, and when (monotonic)
+        self._started = False  # a status was seen: from then on the heartbeat must move
         self._dbt: DbtProcess | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -229,11 +233,14 @@ class DbtExecutionTrigger(BaseTrigger):
                 yield self._finished(status)
                 return
             silent = self._silent_for(status)
-            if silent > self.heartbeat_timeout:
+            self._started |= status is not None
+            limit = self.heartbeat_timeout if self._started else max(self.heartbeat_timeout, _FIRST_STATUS_SECONDS)
+            if silent > limit:
+                what = "sent no heartbeat" if self._started else "published no status"
                 yield self._event(
                     "lost",
-                    message=f"dbt runner {self.pid} on {self.host} sent no heartbeat to {self.channel.url} for "
-                    f"{silent:.0f}s (limit {self.heartbeat_timeout:g}s): its process or host is gone.",
+                    message=f"dbt runner {self.pid} on {self.host} {what} to {self.channel.url} for "
+                    f"{silent:.0f}s (limit {limit:g}s): its process or host is gone.",
                 )
                 return
             if self.deadline is not None and time.time() >= self.deadline:
