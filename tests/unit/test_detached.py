@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common.dbt.channel import RunStatus
+from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, RunStatus
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
     EVENTS_FILE,
@@ -421,3 +421,26 @@ def test_importing_the_runner_loads_no_airflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_remote_runner_publishes_and_removes_its_run_dir_in_a_task_environment(
+    run_dir: Path, tmp_path: Path, launched: list[DetachedProcess]
+) -> None:
+    """The remote store imports Airflow in the runner, whose environment is a task's: Airflow's supervisor has
+    blocked the metadata DB there with a URL that does not parse. The runner must still publish."""
+    (run_dir / "target" / "run_results.json").write_text('{"results": []}', encoding="utf-8")
+    gate = run_dir / "gate"
+    gate.touch()
+    channel = ChannelSpec(str(run_dir), url=f"file://{tmp_path}/shared/{run_dir.name}", heartbeat_interval=0.2)
+    env = {**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///"}
+    meta = {"command": "run", "channel": channel.to_dict(),
+            "pack": [[str(run_dir / "target"), "target"], [str(run_dir / "logs"), "logs"]]}  # fmt: skip
+    process = launch(run_dir, fake_dbt(gate, exit_code=0), env, meta=meta, channel=channel)
+    launched.append(process)
+    reader = ChannelReader(channel)
+    status = wait_for(lambda: (found := reader.status()) is not None and found.finished and found, "the final status")
+    assert status.exit_code == 0 and status.artifacts and status.node_count == 1
+    collected = reader.collect(tmp_path / "collected")
+    assert (collected / "target" / "run_results.json").read_text(encoding="utf-8") == '{"results": []}'
+    assert (collected / "logs" / EVENTS_FILE).is_file()
+    wait_for(lambda: not run_dir.exists(), "the runner to remove its run dir once published")

@@ -165,13 +165,16 @@ def _run(run_dir: Path) -> int:
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: None)
     exit_code = -1
+    dbt_env = _dbt_env(channel)
+    if channel.remote:
+        _without_metadata_db()
     watch = _Watch(writer, deadline=spec.get("deadline"), grace=float(spec.get("grace_period") or 30.0))
     try:
         with (run_dir / "logs" / EVENTS_FILE).open("w", encoding="utf-8") as events:
             arm = interrupt_when_parent_dies()  # a killed runner must not leave dbt running on its own
             dbt = subprocess.Popen(
                 spec["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, encoding="utf-8", errors="replace", preexec_fn=arm, env=_dbt_env(channel),
+                text=True, encoding="utf-8", errors="replace", preexec_fn=arm, env=dbt_env,
             )  # fmt: skip
             _record_dbt(run_dir, dbt.pid, parent_death_signal=arm is not None)
             watch.start(dbt)
@@ -198,6 +201,18 @@ def _dbt_env(channel: ChannelSpec) -> dict[str, str]:
     if channel.conn_id:
         env.pop(channel_conn_env(channel.conn_id), None)
     return env
+
+
+def _without_metadata_db() -> None:
+    """Let the runner import Airflow (for the remote channel's store) in a task's environment.
+
+    Airflow's task supervisor blocks the metadata DB by setting ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` to a URL
+    that does not parse, so a fresh interpreter dies in Airflow's settings before anything runs. The runner
+    never uses the metadata DB: an in-memory SQLite URL that nothing connects to keeps it that way."""
+    for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN"):
+        os.environ[name] = "sqlite://"
+    for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET"):
+        os.environ.pop(name, None)
 
 
 def channel_conn_env(conn_id: str) -> str:
