@@ -1,15 +1,8 @@
-"""Unit tests for dlh_airflow_common.dbt.run: one task try, sync and detached, against a stand-in dbt process.
-
-The stand-in is a real executable in a fake virtualenv (``venv_path``): it records what it was given, writes
-the artifacts dbt would, prints dbt's JSON events and exits like dbt, so each try runs real processes.
-"""
+"""Unit tests for dlh_airflow_common.dbt.run: one task try, sync and detached, against a stand-in dbt process
+(``fake_dbt_venv``: a real executable, so every try runs real processes)."""
 
 from __future__ import annotations
 
-import json
-import stat
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -26,40 +19,9 @@ from dlh_airflow_common.dbt.run import PROFILE_DIR, DbtRun, RunSettings, raise_o
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException
 from dlh_airflow_common.hooks.dbt_profile_source import PreparedProfile, Profile
+from fake_dbt_venv import fake_dbt_calls, fake_dbt_venv
 
 WAIT_SECONDS = 60.0
-
-FAKE_DBT = textwrap.dedent(
-    """\
-    #!{python}
-    import json, os, sys, time
-    args = sys.argv[1:]
-    target = args[args.index("--target-path") + 1]
-    profiles = args[args.index("--profiles-dir") + 1] if "--profiles-dir" in args else None
-    os.makedirs(target, exist_ok=True)
-    with open(os.environ["FAKE_DBT_CALLS"], "a") as calls:
-        calls.write(json.dumps({{"args": args, "pid": os.getpid(), "secret": os.environ.get("DBT_ENV_SECRET_PW"),
-                                "profile_written": bool(profiles)
-                                and os.path.isfile(os.path.join(profiles, "profiles.yml"))}}) + "\\n")
-    mode = os.environ.get("FAKE_DBT_MODE", "ok")
-    if mode == "sleep":
-        time.sleep(120)
-    ok = mode == "ok" or args[0] == "retry"
-    node = {{"unique_id": "model.proj.m", "status": "success" if ok else "error", "execution_time": 0.1,
-            "message": None if ok else "Database Error in model m", "failures": None}}
-    with open(os.path.join(target, "run_results.json"), "w") as out:
-        json.dump({{"metadata": {{"invocation_id": str(os.getpid())}}, "elapsed_time": 0.1, "results": [node]}}, out)
-    with open(os.path.join(target, "manifest.json"), "w") as out:
-        json.dump({{"nodes": {{"model.proj.m": {{"resource_type": "model"}}}}}}, out)
-    if not ok:
-        print(json.dumps({{"info": {{"name": "RunResultError", "level": "error", "code": "Z024",
-                                    "msg": "Database Error in model m"}},
-                          "data": {{"msg": "Database Error in model m (models/m.sql)\\n  division by zero",
-                                   "node_info": {{"unique_id": "model.proj.m", "node_status": "error",
-                                                 "resource_type": "model"}}}}}}), flush=True)
-    sys.exit(0 if ok else 1)
-    """
-)
 
 
 @pytest.fixture
@@ -73,21 +35,12 @@ def project(tmp_path: Path) -> DbtProject:
 
 @pytest.fixture
 def venv(tmp_path: Path) -> Path:
-    """A virtualenv whose ``bin/dbt`` is the stand-in above."""
-    dbt = tmp_path / "venv" / "bin" / "dbt"
-    dbt.parent.mkdir(parents=True)
-    dbt.write_text(FAKE_DBT.format(python=sys.executable))
-    dbt.chmod(dbt.stat().st_mode | stat.S_IXUSR)
-    return dbt.parent.parent
+    return fake_dbt_venv(tmp_path / "venv")
 
 
 @pytest.fixture
 def calls(tmp_path: Path) -> Path:
     return tmp_path / "calls.jsonl"
-
-
-def _calls(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _profile(calls: Path, mode: str = "ok") -> PreparedProfile:
@@ -145,7 +98,7 @@ def test_a_successful_try_removes_its_run_dir_and_keeps_the_artifacts(
     result = run.run(project, DbtCommand("run"), _profile(calls))
 
     assert result.success and result.error is None and result.attempts == 1
-    (call,) = _calls(calls)
+    (call,) = fake_dbt_calls(calls)
     assert call["args"][0] == "run" and call["secret"] == "s3cr3t-pw", "the profile's environment reaches dbt"
     assert call["profile_written"], "the generated profile is in the run dir while dbt runs"
     assert result.run_dir is not None and not Path(result.run_dir).exists(), "the run dir goes with the run"
@@ -181,7 +134,7 @@ def test_a_failed_try_keeps_its_resume_state_and_the_next_try_resumes_with_dbt_r
     log = _Log()
     second = DbtRun(project.path, _settings(venv), log=log, resume_state=state)
     resumed = second.run(project, DbtCommand("run"), _profile(calls, mode="fail"))
-    assert [c["args"][0] for c in _calls(calls)] == ["run", "retry"]
+    assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["run", "retry"]
     assert resumed.success and any("dbt retry" in line for line in log.lines)
     assert not (state / "run_results.json").exists(), "a successful try drops the state"
 
@@ -200,17 +153,17 @@ def test_each_try_has_its_own_cancel(project: DbtProject, venv: Path, calls: Pat
     cancelled.cancel()
     stopped = cancelled.run(project, DbtCommand("run"), _profile(calls))
     assert not stopped.success and stopped.error is not None and "killed" in str(stopped.error)
-    assert _calls(calls) == [], "dbt never started"
+    assert fake_dbt_calls(calls) == [], "dbt never started"
 
     other = DbtRun(project.path, _settings(venv), log=_Log()).run(project, DbtCommand("run"), _profile(calls))
-    assert other.success and len(_calls(calls)) == 1
+    assert other.success and len(fake_dbt_calls(calls)) == 1
 
 
 def test_cancel_stops_a_running_dbt_and_leaves_no_process(project: DbtProject, venv: Path, calls: Path) -> None:
     run = DbtRun(project.path, _settings(venv), log=_Log())
 
     def cancel_once_dbt_runs() -> None:
-        wait_for(lambda: _calls(calls), "dbt to start")
+        wait_for(lambda: fake_dbt_calls(calls), "dbt to start")
         run.cancel()
 
     stopper = threading.Thread(target=cancel_once_dbt_runs, daemon=True)
@@ -219,7 +172,7 @@ def test_cancel_stops_a_running_dbt_and_leaves_no_process(project: DbtProject, v
     stopper.join(timeout=WAIT_SECONDS)
 
     assert not result.success and result.error is not None and "killed" in str(result.error)
-    (call,) = _calls(calls)
+    (call,) = fake_dbt_calls(calls)
     assert not _alive(call["pid"]), "dbt is gone once run() returns"
     assert result.run_dir is not None and not Path(result.run_dir).exists()
 
@@ -239,7 +192,7 @@ def test_a_target_path_that_cannot_be_created_fails_before_dbt(
     run = DbtRun(project.path, _settings(venv, target_path=str(tmp_path / "file" / "t")), log=_Log())
     with pytest.raises(DbtException, match=r"target_path .* cannot be created"):
         run.run(project, DbtCommand("run"), _profile(calls))
-    assert not run.started and _calls(calls) == []
+    assert not run.started and fake_dbt_calls(calls) == []
 
 
 # -- detached ----------------------------------------------------------------------------------------------------
@@ -275,7 +228,7 @@ def test_launch_then_collect_in_another_try_object(project: DbtProject, venv: Pa
         assert isinstance(result.error, DbtRuntimeException) and result.error.result is result
         assert "model.proj.m" in str(result.error)
     assert collector.artifact("run_results.json")["results"][0]["unique_id"] == "model.proj.m"
-    assert [c["args"][0] for c in _calls(calls)] == ["build"]
+    assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["build"]
 
 
 def test_collect_of_a_lost_run_fails_and_cleans_up(project: DbtProject, venv: Path, calls: Path) -> None:
@@ -295,4 +248,4 @@ def test_a_launch_that_fails_leaves_no_run_dir(project: DbtProject, venv: Path, 
     with pytest.raises(LookupError, match="no connection aws"):
         run.launch(project, DbtCommand("build"), _profile(calls), channel_connection=no_connection)
     assert run.target_path is not None and not Path(run.target_path).parent.exists(), "its run dir is removed"
-    assert _calls(calls) == []
+    assert fake_dbt_calls(calls) == []
