@@ -193,3 +193,54 @@ def test_finish_detached_removes_the_run_dir_once_dbt_has_ended(project: Path) -
     result = raised.value.result
     assert result is not None and not result.success and "still running" not in str(result.error)
     assert not run_dir.exists()
+
+
+# -- the hook's current try: cancel and the artifact getters -----------------------------------------------------
+
+
+def _fake_dbt_hook(project: Path, tmp_path: Path, mode: str, **kwargs: Any) -> tuple[DbtHook, Path]:
+    """A hook whose dbt is the stand-in (``fake_dbt_venv``), with the connection profile generated as usual."""
+    from fake_dbt_venv import fake_dbt_venv
+
+    calls = tmp_path / "calls.jsonl"
+    env = {"FAKE_DBT_CALLS": str(calls), "FAKE_DBT_MODE": mode}
+    venv = fake_dbt_venv(tmp_path / f"venv_{mode}")
+    return DbtHook(project, venv_path=venv, conn_id="good_duckdb", env_vars=env, retry_limit=1, **kwargs), calls
+
+
+def test_cancel_stops_the_try_in_progress_and_is_safe_without_one(project: Path, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from fake_dbt_venv import fake_dbt_calls
+
+    hook, calls = _fake_dbt_hook(project, tmp_path, "sleep", grace_period=5.0)
+    hook.cancel()  # no try yet: nothing to stop, and the next try is not affected by it
+
+    def cancel_once_dbt_runs() -> None:
+        end = time.monotonic() + 60
+        while not fake_dbt_calls(calls) and time.monotonic() < end:
+            time.sleep(0.05)
+        hook.cancel()
+
+    stopper = threading.Thread(target=cancel_once_dbt_runs, daemon=True)
+    stopper.start()
+    result = hook.run_dbt_task("run", raise_on_failure=False)
+    stopper.join(timeout=60)
+    assert len(fake_dbt_calls(calls)) == 1, "the earlier cancel did not stop this try before dbt started"
+    assert not result.success and "killed" in str(result.error)
+    assert hook.invocation is None
+
+
+def test_getters_read_the_last_try_that_got_a_run_dir(project: Path, tmp_path: Path) -> None:
+    hook, _ = _fake_dbt_hook(project, tmp_path, "ok")
+    assert hook.get_run_results() == {}, "no run yet and nothing in <project>/target"
+    first = hook.run_dbt_task("run")
+    assert first.run_dir is not None and not Path(first.run_dir).exists()
+    invocation_id = hook.get_run_results()["metadata"]["invocation_id"]
+    assert "model.proj.m" in hook.get_manifest()["nodes"]
+
+    hook.conn_id = "nope"  # the next try fails before it has a run dir
+    with pytest.raises(DbtProfileException):
+        hook.run_dbt_task("run")
+    assert hook.get_run_results()["metadata"]["invocation_id"] == invocation_id, "still the last run's"
