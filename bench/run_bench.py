@@ -32,6 +32,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+from channel_poll import measure as measure_channel_poll  # noqa: E402
 from deferrable import measure as measure_deferrable  # noqa: E402
 from generate_project import generate  # noqa: E402
 from make_artifacts import scale_manifest, scale_run_results  # noqa: E402
@@ -578,8 +579,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".bench")
     parser.add_argument(
         "--only",
-        default="p1,p2,p3,p6,deferrable,worker_slot",
-        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot",
+        default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll",
+        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll",
     )
     args = parser.parse_args()
     if args.quick:
@@ -624,6 +625,10 @@ def main() -> None:
         report.sections.append(section)
     if "worker_slot" in only:  # issue 11: bench/worker_slot.py, a real Airflow deployment
         figures, section = measure_worker_slot(bench.env, work, quick=args.quick)
+        report.figures += [Figure(*row) for row in figures]
+        report.sections.append(section)
+    if "channel_poll" in only:  # issue 12: bench/channel_poll.py, 500 triggers on the remote and local channel
+        figures, section = measure_channel_poll(bench.env, work, quick=args.quick)
         report.figures += [Figure(*row) for row in figures]
         report.sections.append(section)
     write_report(report, args.out, args, facts, started)

@@ -203,5 +203,28 @@ def test_open_store_of_a_file_url_writes_atomically_in_its_own_dir(tmp_path: Pat
     assert not store.root.exists(), "a channel dir of its own goes with the channel"
 
 
+class _RangedReadFs:
+    """An fsspec-like file system whose ``cat_file`` splits reads unless told ``max_concurrency=1`` (as s3fs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, max_concurrency: int | None = None,
+                 ) -> bytes:  # fmt: skip
+        self.calls.append({"path": path, "max_concurrency": max_concurrency})
+        return b'{"state": "running"}'
+
+
+def test_object_store_reads_a_document_in_one_request_where_the_fs_would_split_it() -> None:
+    fs = _RangedReadFs()
+    assert ObjectStore(fs, "bucket/run_a/").read(STATUS_FILE) == b'{"state": "running"}'
+    assert fs.calls == [{"path": f"bucket/run_a/{STATUS_FILE}", "max_concurrency": 1}]
+
+
+def test_object_store_passes_no_read_option_a_file_system_does_not_declare(memory_store: ObjectStore) -> None:
+    memory_store.write(STATUS_FILE, b"{}")
+    assert memory_store.read(STATUS_FILE) == b"{}", "memory fs: cat_file(path, start, end, **kwargs)"
+
+
 def test_local_store_of_a_missing_dir_reads_nothing(tmp_path: Path) -> None:
     assert LocalStore(tmp_path / "missing").read(STATUS_FILE) is None

@@ -11,6 +11,7 @@ Nothing secret is ever written here: the store's credentials reach the runner on
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -181,10 +182,13 @@ class ObjectStore:
     def __init__(self, fs: Any, root: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
+        # s3fs's cat_file first asks for the size (a HEAD) to split big objects into concurrent ranged GETs:
+        # two requests per status read. The documents are small: one GET (bench/channel_poll.py counts them).
+        self._read_options = {"max_concurrency": 1} if _accepts(fs.cat_file, "max_concurrency") else {}
 
     def read(self, name: str) -> bytes | None:
         try:
-            return bytes(self.fs.cat_file(f"{self.root}/{name}"))
+            return bytes(self.fs.cat_file(f"{self.root}/{name}", **self._read_options))
         except FileNotFoundError:
             return None
 
@@ -209,6 +213,15 @@ def open_store(spec: ChannelSpec) -> ChannelStore:
     if set(_protocols(fs)) & _LOCAL_PROTOCOLS:
         return LocalStore(Path(path.path), owned=True)  # a shared volume: keep the atomic rename
     return ObjectStore(fs, path.path)
+
+
+def _accepts(function: Any, name: str) -> bool:
+    """Whether ``function`` declares the parameter ``name`` (a catch-all ``**kwargs`` does not count)."""
+    try:
+        parameter = inspect.signature(function).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
