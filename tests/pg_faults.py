@@ -29,7 +29,11 @@ def make_fault_project(tmp_path: Path, pg_server: PostgresServer) -> Path:
     if not pg_server.is_running():
         pg_server.start_again()
     db = pg_server.database
+    # A pg_sleep a failed test left running holds locks the drop below would wait for (psql's 60 s timeout):
+    # end it, so that failure stays the failed test's own instead of erroring the setup of the tests after it.
     pg_server.psql(
+        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep%' "
+        "and pid <> pg_backend_pid();"
         f"drop schema if exists {AUDIT} cascade; create schema {AUDIT} authorization {pg_server.user};"
         f"create table {AUDIT}.builds (model text, built_at timestamptz default clock_timestamp());"
         f"create table {AUDIT}.control (seconds float); insert into {AUDIT}.control values (0);"

@@ -106,10 +106,10 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
     conn_id, _ = duckdb_conn
     broken = example_project / "models" / "marts" / "broken_model.sql"
     broken.write_text("select * from {{ ref('stg_orders') }} where no_such_column = 1\n")
+    assert DbtHook(example_project, conn_id=conn_id).run_dbt_task("seed").success  # one database for all modes
     outcomes = {}
     for mode, kwargs in MODES.items():
         hook = DbtHook(example_project, conn_id=conn_id, **kwargs)
-        hook.run_dbt_task("seed")
         result = hook.run_dbt_task("build", raise_on_failure=False)
         assert not result.success
         assert result.error is not None
@@ -119,7 +119,7 @@ def test_modes_agree_on_a_failing_build(example_project: Path, duckdb_conn: tupl
             result.summary.status_counts,
             [n.unique_id for n in result.summary.failed],
         )
-    assert outcomes["in-process"] == outcomes["venv"]
+    assert outcomes["subprocess"] == outcomes["in-process"] == outcomes["venv"]
     error_type, node_id, counts, failed = outcomes["in-process"]
     assert error_type == "DbtRuntimeException"
     assert node_id == "model.shop.broken_model"

@@ -5,10 +5,11 @@ SIGKILL of a task process running a sync hook run, SIGKILL of the detached runne
 a deferred task marked failed (the triggerer cancels the trigger and awaits its ``on_kill``). Every wait
 is bounded and fails with a message; nothing asserts on how long something took.
 
-Model c sleeps 30 s and model d (after c) 600 s. dbt 1.11 interrupted after its parent died sometimes
+Model c sleeps 10 s and model d (after c) 600 s. dbt 1.11 interrupted after its parent died sometimes
 hangs in its clean-up until c's query ends instead of cancelling it (seen in about half the tries; with the
 parent alive the same SIGINT cancels it at once), so these tests accept either way of stopping but never a
-dbt that goes on: d must never be built and nothing may be left running or on disk.
+dbt that goes on: d must never be built and nothing may be left running or on disk. Each kill follows c's
+start by well under a second, so c's 10 s are margin enough, and a hang costs at most those 10 s.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pg_server import PostgresServer
 pytestmark = pytest.mark.integration
 
 HOOK_CHILD = Path(__file__).resolve().parents[1] / "hook_child.py"
-C_SLEEP = 30
+C_SLEEP = 10
 STOP_LIMIT = 120.0  # dbt stops at once, or after c's query (C_SLEEP); longer means it went on with d
 START_LIMIT = 180.0
 PROFILE_PREFIX = "dlh-dbt-profile-"
@@ -50,7 +51,7 @@ def _leftovers(project: Path, temp_dir: Path) -> list[str]:
 
 @pytest.fixture
 def lab(fault_project: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The fault project with model c sleeping 600 s, its connection defined, and no dbt left at the end."""
+    """The fault project with c sleeping C_SLEEP s and d 600 s, its connection defined, and no dbt left at the end."""
     monkeypatch.setenv("AIRFLOW_CONN_FAULT_PG", fault_conn(pg_server))
     sql(pg_server, f"update {AUDIT}.control set seconds = {C_SLEEP}")
     (fault_project / "models" / "d.sql").write_text(

@@ -46,8 +46,13 @@ def entries(cache_dir: Path) -> list[Path]:
     return sorted((cache_dir / "partial_parse").glob("*/*.msgpack"))
 
 
-def run(project: Path, conn: str, cache_dir: Path, command: str = "parse", **kwargs: Any) -> DbtTaskResult:
-    hook_kwargs = {key: kwargs.pop(key) for key in ("target", "invocation_mode", "venv_path") if key in kwargs}
+def run(
+    project: Path, conn: str, cache_dir: Path, command: str = "parse", *, mode: str = "in-process", **kwargs: Any
+) -> DbtTaskResult:
+    """One hook run with the cache in ``cache_dir``. The cache is the hook's, around dbt whichever way it runs:
+    test_isolated_runs_reuse_the_parse runs it in every mode, the other tests in-process (no interpreter to start).
+    """
+    hook_kwargs = {**MODES[mode], **{key: kwargs.pop(key) for key in ("target",) if key in kwargs}}
     hook = DbtHook(project, conn_id=conn, cache_dir=cache_dir, keep_target_artifacts=True, **hook_kwargs)
     result = hook.run_dbt_task(command, **kwargs)
     assert result.success, result.error
@@ -57,8 +62,8 @@ def run(project: Path, conn: str, cache_dir: Path, command: str = "parse", **kwa
 @pytest.mark.parametrize("mode", MODES)
 def test_isolated_runs_reuse_the_parse(mode: str, example_project: Path, conn: str, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    first = run(example_project, conn, cache_dir, **MODES[mode])
-    second = run(example_project, conn, cache_dir, "build", select="+customers", **MODES[mode])
+    first = run(example_project, conn, cache_dir, mode=mode)
+    second = run(example_project, conn, cache_dir, "build", select="+customers", mode=mode)
     assert first.run_dir != second.run_dir
     assert (parse_kind(first), parse_kind(second)) == ("full", "partial")
     [entry] = entries(cache_dir)
@@ -123,7 +128,8 @@ def test_project_copies_never_share_an_entry(example_project: Path, conn: str, t
 
 
 def test_cache_can_be_turned_off(example_project: Path, conn: str, tmp_path: Path) -> None:
-    hook = DbtHook(example_project, conn_id=conn, partial_parse_cache=False, keep_target_artifacts=True)
+    hook = DbtHook(example_project, conn_id=conn, partial_parse_cache=False, keep_target_artifacts=True,
+                   **MODES["in-process"])  # fmt: skip
     for _ in range(2):
         result = hook.run_dbt_task("parse")
         assert parse_kind(result) == "full"

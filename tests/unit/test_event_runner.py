@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -233,3 +234,34 @@ def test_an_orphaned_runner_that_ignores_sigint_ends_itself_after_the_grace_peri
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(parent.pid, signal.SIGKILL)
+
+
+def _script_exit(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` as a script that uses skip_teardown_after the way the runner's ``__main__`` does."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "from dlh_airflow_common.dbt.event_runner import skip_teardown_after\n"
+        "codes = []\n"
+        "skip_teardown_after(codes)\n"
+        "class Teardown:\n"
+        "    def __del__(self, write=os.write):\n"
+        "        write(1, b'torn down\\n')\n"
+        "sys.keep = Teardown()  # freed only by the interpreter's teardown\n"
+        "atexit.register(lambda: print('later handler ran'))  # like dbt's handlers, registered after it\n"
+        f"{body}\n"
+    )
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_skip_teardown_after_ends_with_the_code_after_the_other_exit_handlers(tmp_path: Path) -> None:
+    proc = _script_exit(tmp_path, "sys.stdout.write('unflushed line\\n')\ncodes.append(1)\nsys.exit(1)")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == ["unflushed line", "later handler ran"], "flushed, handlers run, no teardown"
+
+
+def test_skip_teardown_after_leaves_a_raising_main_to_the_normal_exit(tmp_path: Path) -> None:
+    proc = _script_exit(tmp_path, "raise KeyboardInterrupt")
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in proc.stderr
+    assert proc.stdout.splitlines() == ["later handler ran", "torn down"], "nothing recorded: the full exit ran"
