@@ -21,19 +21,26 @@ class DagTestRun:
 
 
 def run_dag_file(dag_file: Path, dags_folder: Path, dag_id: str) -> DagTestRun:
-    """Copy ``dag_file`` into the dags folder (``dag.test()`` syncs that bundle first), then run it."""
+    """Copy ``dag_file`` into the dags folder (``dag.test()`` syncs that bundle first), run it, then remove the
+    copy: every ``dag.test()`` parses the whole folder, so copies left by earlier tests would slow each later one.
+    """
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     target = dags_folder / dag_file.name
-    if dag_file.resolve() != target.resolve():
+    copied = dag_file.resolve() != target.resolve()
+    if copied:
         shutil.copy(dag_file, target)
-    bag = DagBag(str(target))
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.get_dag(dag_id)
-    assert dag is not None, f"{dag_id} not found in {target}"
-    dag_run = dag.test()
+    try:
+        bag = DagBag(str(target))
+        assert not bag.import_errors, bag.import_errors
+        dag = bag.get_dag(dag_id)
+        assert dag is not None, f"{dag_id} not found in {target}"
+        dag_run = dag.test()
+    finally:
+        if copied:
+            target.unlink(missing_ok=True)
     task_states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     with create_session() as session:
         rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == dag_run.run_id).all()

@@ -1,10 +1,11 @@
 """Zero secret leaks on real runs: files (while dbt runs and after), log lines, output, XCom, exceptions.
 
-A PostgreSQL role gets a distinctive password with URL-special characters. Real dbt runs through DbtHook and
-through DbtOperator under ``dag.test()``, in both invocation modes, succeeding and failing (a failing model,
-a wrong password, a profile dbt rejects). Every place a secret could end up is searched for the password,
-its URL-encoded forms and its base64 forms (at every alignment); the generated profiles.yml must be 0600
-in a 0700 directory while it exists and gone afterwards.
+A PostgreSQL role gets a distinctive password with URL-special characters. Real dbt runs through DbtHook in
+every invocation mode, and through DbtOperator (under ``dag.test()`` and called directly) in both ways the hook
+reads dbt and deferred, succeeding and failing (a failing model, a wrong password, a profile dbt rejects).
+Every place a secret could end up is searched for the password, its URL-encoded forms and its base64 forms
+(at every alignment); the generated profiles.yml must be 0600 in a 0700 directory while it exists and gone
+afterwards.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dag_runner import run_dag_file
 from dlh_airflow_common.dbt.profiles_file import PROFILES_FILE
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.hooks.dbt import DbtHook
-from modes import MODES
+from modes import MODES, READING_MODES
 from pg_server import PostgresServer
 from s3_server import MotoS3
 
@@ -269,7 +270,10 @@ OPERATOR_DAG = textwrap.dedent(
 )
 
 
-OPERATOR_MODES = {**MODES, "deferrable": {"deferrable": True}, "deferrable-s3": {"deferrable": True}}
+# What the operator adds to the hook (XCom, Airflow's task log, the deferred path) is the same whichever program
+# streams dbt's events: the venv's CLI runs every case in the hook test above. Deferred runs report through the
+# run dir or through a remote channel (S3), whose objects are scanned too.
+OPERATOR_MODES = {**READING_MODES, "deferrable": {"deferrable": True}, "deferrable-s3": {"deferrable": True}}
 CHANNEL_CONN = "leak_channel"
 
 
@@ -353,7 +357,7 @@ class _TaskInstance:
         self.xcom[key] = value
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", READING_MODES)  # the venv's CLI: every case in the hook test
 @pytest.mark.parametrize("case", ["failing_model", "wrong_password", "invalid_profile"])
 def test_exception_the_operator_raises_carries_no_secret(
     case: str,
