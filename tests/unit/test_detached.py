@@ -438,7 +438,9 @@ def test_a_remote_runner_publishes_and_removes_its_run_dir_in_a_task_environment
     process = launch(run_dir, fake_dbt(gate, exit_code=0), env, meta=meta, channel=channel)
     launched.append(process)
     reader = ChannelReader(channel)
-    status = wait_for(lambda: (found := reader.status()) is not None and found.finished and found, "the final status")
+    # The runner imports Airflow for its store: seconds of CPU, many more on a loaded machine.
+    final = "the final status"
+    status = wait_for(lambda: (found := reader.status()) is not None and found.finished and found, final, timeout=180)
     assert status.exit_code == 0 and status.artifacts and status.node_count == 1
     collected = reader.collect(tmp_path / "collected")
     assert (collected / "target" / "run_results.json").read_text(encoding="utf-8") == '{"results": []}'
