@@ -181,6 +181,13 @@ class AirflowDeployment:
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_ports[0]),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_server_ports[1]),
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+                # A DAG file's first import (dbt, the provider) takes ~8 s on an idle 2-core machine and past
+                # the 30 s default when the machine is loaded: the worker's parse then fails the task.
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "180",
+                # The one api-server worker stalls past the task supervisor's 5 s default on a loaded machine;
+                # after its retries the supervisor SIGKILLs the task (seen: ReadTimeout, exit -9, task failed).
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "240",
                 "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             }
@@ -427,14 +434,21 @@ class AirflowDeployment:
             if ti.get("state") in wanted:
                 return ti
             if ti.get("state") in TERMINAL_TI_STATES:
+                try_number = int(ti.get("try_number") or 1)
                 raise DeploymentError(
-                    f"{dag_id}.{task_id} ended {ti.get('state')!r}, not {sorted(wanted)}; log:\n"
-                    f"{self.task_log_text(dag_id, run_id, task_id, int(ti.get('try_number') or 1))[-4000:]}"
+                    f"{dag_id}.{task_id} ended {ti.get('state')!r}, not {sorted(wanted)}; errors: "
+                    f"{self.task_errors(dag_id, run_id, task_id, try_number)}; log:\n"
+                    f"{self.task_log_text(dag_id, run_id, task_id, try_number)[-4000:]}\n{self.failure_context(ti)}"
                 )
             return None
 
         ti: dict[str, Any] = wait_until(reached, limit, f"{dag_id}.{task_id} to be {sorted(wanted)}", interval=0.3)
         return ti
+
+    def failure_context(self, ti: Mapping[str, Any]) -> str:
+        """What else explains a task that ended unexpectedly: the log of the service that ran its supervisor."""
+        service = self.services.get("scheduler")  # LocalExecutor: task supervisors are the scheduler's children
+        return f"--- scheduler (tail) ---\n{service.log_tail(60)}" if service is not None else ""
 
     def wait_run_state(self, dag_id: str, run_id: str, states: Iterable[str], limit: float = 300) -> dict[str, Any]:
         wanted = set(states)

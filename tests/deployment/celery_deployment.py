@@ -198,6 +198,12 @@ class CeleryDeployment(AirflowDeployment):
                     found.append((line[:40], name))
         return [name for _, name in sorted(found)]
 
+    def failure_context(self, ti: Mapping[str, Any]) -> str:
+        """The tail of the log of the worker host that ran the task (its supervisor logs there), and the scheduler's."""
+        host = self.hosts.get(str(ti.get("hostname") or ""))
+        worker = f"--- {host.name} (tail) ---\n{host.log_text()[-6000:]}\n" if host is not None else ""
+        return worker + super().failure_context(ti)
+
     # ------------------------------------------------------------------ tear-down
     def stop(self, grace: float = 20, host_grace: float = 5) -> None:
         """Hosts first (SIGTERM, then after ``host_grace`` SIGKILL of each PID 1, which empties its namespace;
