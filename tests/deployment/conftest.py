@@ -170,6 +170,14 @@ def celery_deployment(
     """CeleryExecutor: api-server, scheduler, dag-processor here; worker-a, worker-b, triggerer-host as hosts."""
     _require(namespaces_available, "Linux namespaces (unshare as root)")
     env = _connections(deploy_pg, projects)
+    # The remote run channel at test pace: a 2 s heartbeat, lost after 20 s without one (defaults: 5 s, 60 s).
+    env |= {
+        "AIRFLOW__DLH_DBT__RUN_CHANNEL_HEARTBEAT_INTERVAL": "2",
+        "AIRFLOW__DLH_DBT__RUN_CHANNEL_HEARTBEAT_TIMEOUT": "20",
+        # A loaded 2-core machine can stall the single api-server worker past the 5 s default: a task's start
+        # call then times out and the task fails before it ran (seen while other jobs shared the machine).
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
+    }
 
     def start() -> CeleryDeployment:
         return CeleryDeployment(deploy_pg, redis_server, s3=s3_server, env=env, pythonpath=[REPO_ROOT / "src"]).start()

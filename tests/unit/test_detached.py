@@ -446,3 +446,23 @@ def test_a_remote_runner_publishes_and_removes_its_run_dir_in_a_task_environment
     assert (collected / "target" / "run_results.json").read_text(encoding="utf-8") == '{"results": []}'
     assert (collected / "logs" / EVENTS_FILE).is_file()
     wait_for(lambda: not run_dir.exists(), "the runner to remove its run dir once published")
+
+
+def test_a_killed_remote_run_confirms_then_removes_its_channel(
+    run_dir: Path, tmp_path: Path, launched: list[DetachedProcess]
+) -> None:
+    """A kill arrives as a cancel request: the runner stops dbt, publishes the final status for the trigger
+    that asked, then removes the channel (no execute_complete follows a kill)."""
+    channel = ChannelSpec(str(run_dir), url=f"file://{tmp_path}/shared/{run_dir.name}", heartbeat_interval=0.2)
+    meta = {"command": "run", "channel": channel.to_dict(), "grace_period": 5,
+            "pack": [[str(run_dir / "target"), "target"]]}  # fmt: skip
+    process = launch(run_dir, fake_dbt(run_dir / "never", exit_code=0), dict(os.environ), meta=meta, channel=channel)
+    launched.append(process)
+    reader = ChannelReader(channel)
+    wait_for(lambda: reader.status() is not None, "the first heartbeat", timeout=180)
+    reader.request_cancel("killed")
+    final = wait_for(lambda: (found := reader.status()) is not None and found.finished and found, "the final status")
+    assert final.stopped == "killed" and final.exit_code not in (0, -1)
+    shared = tmp_path / "shared" / run_dir.name
+    wait_for(lambda: not shared.exists(), "the runner to remove the killed run's channel")
+    assert not run_dir.exists()

@@ -38,6 +38,7 @@ SPEC_FILE = "detached_spec.json"
 PROCESS_FILE = "process.json"
 DBT_PROCESS_FILE = "dbt_process.json"
 EVENTS_FILE = "events.jsonl"
+_KILLED_LINGER_SECONDS = 5.0  # how long a killed run's final status stays for the trigger that asked
 _DEADLINE_BACKSTOP = 10.0  # seconds after the trigger's deadline (and two heartbeats) that the runner acts
 
 
@@ -192,7 +193,19 @@ def _run(run_dir: Path) -> int:
         published = _publish(writer, exit_code, watch.stopped, files)
     if published and channel.remote:
         shutil.rmtree(run_dir, ignore_errors=True)  # everything a reader needs is in the channel now
+        if watch.stopped == "killed" and not spec.get("keep_channel"):
+            _remove_killed_channel(writer)
     return 0
+
+
+def _remove_killed_channel(writer: ChannelWriter) -> None:
+    """A killed task never runs ``execute_complete``: once the trigger has had time to read the final status,
+    the runner removes the channel itself, so a trigger that gave up waiting leaves nothing behind either."""
+    time.sleep(_KILLED_LINGER_SECONDS)
+    try:
+        writer.store.remove()
+    except Exception:
+        traceback.print_exc()  # retention then falls to the store's lifecycle rule
 
 
 def _dbt_env(channel: ChannelSpec) -> dict[str, str]:

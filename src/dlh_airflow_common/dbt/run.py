@@ -210,6 +210,7 @@ class DbtRun:
                 "deadline": time.time() + timeout if timeout else None,
                 "grace_period": self.settings.grace_period,
                 "pack": [[str(run_dir.target_path), "target"], [str(run_dir.log_path), "logs"]],
+                "keep_channel": self.settings.keep_target_artifacts,
             }
             process = launch(run_dir.path, argv, env, meta=meta, channel=channel)
         except BaseException:
