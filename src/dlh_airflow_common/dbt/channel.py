@@ -122,13 +122,8 @@ class RunStatus:
     @classmethod
     def from_bytes(cls, data: bytes | None) -> RunStatus | None:
         """The status in ``data``; None when there is none or it is not a status document."""
-        if not data:
-            return None
-        try:
-            content = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(content, dict) or content.get("state") not in ("running", "finished"):
+        content = _json_object(data)
+        if content is None or content.get("state") not in ("running", "finished"):
             return None
         known = {f.name for f in fields(cls)}
         try:
