@@ -174,9 +174,6 @@ def celery_deployment(
     env |= {
         "AIRFLOW__DLH_DBT__RUN_CHANNEL_HEARTBEAT_INTERVAL": "2",
         "AIRFLOW__DLH_DBT__RUN_CHANNEL_HEARTBEAT_TIMEOUT": "20",
-        # A loaded 2-core machine can stall the single api-server worker past the 5 s default: a task's start
-        # call then times out and the task fails before it ran (seen while other jobs shared the machine).
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
     }
 
     def start() -> CeleryDeployment:
