@@ -201,15 +201,16 @@ print(n)
 """
 
 ENDER = """\
-import json, socket, sys, time
+import json, sys
 from pathlib import Path
-from dlh_airflow_common.dbt.detached import STATUS_FILE, write_json_atomic
+from dlh_airflow_common.dbt.channel import ChannelSpec, ChannelWriter
 root, runs, error = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
-for index in range(runs):
+for index in range(runs):  # the final status as the runner publishes it (run channel, local store)
     failed = index % 10 == 3
-    status = {"exit_code": 1 if failed else 0, "ended_at": time.time(), "pid": 0, "host": socket.gethostname(),
-              "error_events": [error] if failed else []}
-    write_json_atomic(root / f"run_{index:04d}" / STATUS_FILE, status)
+    writer = ChannelWriter(ChannelSpec(str(root / f"run_{index:04d}")), command="run")
+    if failed:
+        writer.event(error)
+    writer.finish(1 if failed else 0, stopped=None)
 """
 
 
