@@ -33,7 +33,7 @@ LOST_LIMIT = HEARTBEAT_TIMEOUT + 30  # the documented bound, plus a poll and the
 TASK = """
         DbtOperator(task_id={task_id!r}, dbt_project_dir={project!r}, dbt_command={command!r}, conn_id={conn!r},
                     deferrable=True, check_interval=1, retries=0, run_channel={channel!r},
-                    run_channel_conn_id={channel_conn!r}, kill_grace_period=10, {extra})
+                    run_channel_conn_id={channel_conn!r}, kill_grace_period=10)
 """
 DAG = """
     from datetime import datetime
@@ -48,24 +48,12 @@ def _prefix(dag_id: str) -> str:
     return f"channel/{dag_id}"
 
 
-def _deploy(
-    deployment: CeleryDeployment,
-    projects: Projects,
-    dag_id: str,
-    command: str = "build",
-    *,
-    tasks: int = 1,
-    extra: str = "",
-) -> None:
+def _deploy(deployment: CeleryDeployment, projects: Projects, dag_id: str, command: str = "build") -> None:
     assert deployment.s3 is not None
-    source = DAG.format(dag_id=dag_id)
-    for index in range(tasks):
-        task_id = "dbt" if tasks == 1 else f"dbt_{index}"
-        task_extra = extra.format(index=index, models=["a"] if index % 2 else ["a", "b"])
-        source += TASK.format(
-            task_id=task_id, project=str(projects.faults), command=command, conn=projects.pg_conn,
-            channel=deployment.s3.url(_prefix(dag_id)), channel_conn=CHANNEL_CONN_ID, extra=task_extra,
-        )  # fmt: skip
+    source = DAG.format(dag_id=dag_id) + TASK.format(
+        task_id="dbt", project=str(projects.faults), command=command, conn=projects.pg_conn,
+        channel=deployment.s3.url(_prefix(dag_id)), channel_conn=CHANNEL_CONN_ID,
+    )  # fmt: skip
     deployment.write_dag(dag_id, source)
     deployment.wait_parsed(dag_id)
 
