@@ -59,18 +59,9 @@ TIMEOUT = 600
 GOAL_LIBRARY_S = 0.3
 GOAL_TOTAL_S = 1.0
 DAG = """
-    import os
     from datetime import datetime
     from airflow.sdk import DAG
     from dlh_airflow_common.operators.dbt import DbtOperator
-
-    # Workaround, bench only (2026-12-02): Airflow's task process blocks metadata-DB access by setting
-    # AIRFLOW__DATABASE__SQL_ALCHEMY_CONN to a URL SQLAlchemy cannot parse; the detached runner, a fresh
-    # interpreter with that environment, imports Airflow (dbt/channel.py -> report -> artifacts -> exceptions)
-    # and dies in settings.initialize() before dbt starts. A parseable URL nobody connects to lets it start.
-    for _name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN"):
-        if "://" in os.environ.get(_name, "") and not os.environ[_name].startswith(("postgresql", "sqlite")):
-            os.environ[_name] = "sqlite:////nonexistent/dlh-bench-runner-no-db.db"
 
     with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catchup=False, max_active_runs=1):
         DbtOperator(task_id="dbt", dbt_project_dir={project!r}, dbt_command={command!r}, conn_id={conn!r},
