@@ -11,6 +11,7 @@ Nothing secret is ever written here: the store's credentials reach the runner on
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import json
@@ -143,6 +144,10 @@ class ChannelStore(Protocol):
 
     def read(self, name: str) -> bytes | None: ...
 
+    async def aread(self, name: str) -> bytes | None:
+        """``read`` for an event loop: never blocks it, and holds no executor thread while the store answers."""
+        ...
+
     def write(self, name: str, data: bytes) -> None: ...
 
     def remove(self) -> None: ...
@@ -160,6 +165,9 @@ class LocalStore:
             return (self.root / name).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    async def aread(self, name: str) -> bytes | None:
+        return await asyncio.to_thread(self.read, name)
 
     def write(self, name: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -184,6 +192,18 @@ class ObjectStore:
     def read(self, name: str) -> bytes | None:
         try:
             return bytes(self.fs.cat_file(f"{self.root}/{name}", **self._read_options))
+        except FileNotFoundError:
+            return None
+
+    async def aread(self, name: str) -> bytes | None:
+        """An async file system's own coroutine, awaited on its IO loop (s3fs, gcsfs, adlfs): the request then
+        waits in that loop, not in an executor thread; any other file system reads in a worker thread."""
+        loop = getattr(self.fs, "loop", None) if getattr(self.fs, "async_impl", False) else None
+        if loop is None:
+            return await asyncio.to_thread(self.read, name)
+        coroutine = self.fs._cat_file(f"{self.root}/{name}", **self._read_options)
+        try:
+            return bytes(await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop)))
         except FileNotFoundError:
             return None
 
@@ -296,6 +316,12 @@ class ChannelReader:
     def status(self) -> RunStatus | None:
         """The run's latest status (one read); None before the runner published one."""
         return RunStatus.from_bytes(self.store.read(STATUS_FILE))
+
+    async def status_bytes(self) -> bytes | None:
+        """The status document as published, read without blocking the loop (``RunStatus.from_bytes`` decodes
+        it); the store's client is built in a worker thread on first use."""
+        store = self._store if self._store is not None else await asyncio.to_thread(lambda: self.store)
+        return await store.aread(STATUS_FILE)
 
     def request_cancel(self, reason: str) -> None:
         """Ask the runner to stop dbt (SIGINT, its grace period, then SIGKILL) and to record that it did."""
