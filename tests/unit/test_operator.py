@@ -6,13 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import fsspec
 import pytest
 
 from dlh_airflow_common.dbt import retry_state
-from dlh_airflow_common.dbt.channel import ObjectStore
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.operators.dbt import DbtOperator, as_timedelta, refuse_local_channel_on_kubernetes
+from tests.unit.conftest import MemoryState
 
 
 @pytest.mark.parametrize("executor", ["KubernetesExecutor", "airflow.providers.cncf.kubernetes.KubernetesExecutor"])
@@ -69,23 +68,18 @@ def test_resume_state_lives_beside_the_run_dirs_without_a_channel(tmp_path: Path
     assert operator._resume_state(_context(1)) == state and not Path(state).exists(), "a first try starts clean"
 
 
-def test_resume_state_lives_under_the_run_channel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fs = fsspec.filesystem("memory")
-    opened: list[tuple[str, str | None]] = []
-
-    def open_url(url: str, conn_id: str | None) -> ObjectStore:
-        opened.append((url, conn_id))
-        return ObjectStore(fs, "/" + url.split("://", 1)[1])
-
-    monkeypatch.setattr(retry_state, "open_url", open_url)
+def test_resume_state_lives_under_the_run_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_state: MemoryState
+) -> None:
     monkeypatch.setenv("AIRFLOW__DLH_DBT__RUN_CHANNEL", "s3://bucket/runs/")
     monkeypatch.setenv("AIRFLOW__DLH_DBT__RUN_CHANNEL_CONN_ID", "aws")
     operator = DbtOperator(task_id="t", dbt_project_dir="/nowhere", run_dir_root=str(tmp_path), retry_from_failure=True)
     url = "s3://bucket/runs/.dlh_state/my_dag/dbt/manual__2025-01-01T00_00_00_00_00/map-1"
-    assert operator._resume_state(_context(2)) == url and opened == [], "a later try only names it"
-    fs.pipe_file(url.replace("s3://", "/") + "/run_results.json", b"{}")
+    assert operator._resume_state(_context(2)) == url and memory_state.opened == [], "a later try only names it"
+    memory_state.fs.pipe_file(memory_state.path(url) + "/run_results.json", b"{}")
     assert operator._resume_state(_context(1)) == url
-    assert opened == [(url, "aws")] and not fs.exists(url.replace("s3://", "/")), "a first try clears leftovers"
+    assert memory_state.opened == [(url, "aws")], "a first try clears leftovers, through the channel's connection"
+    assert not memory_state.fs.exists(memory_state.path(url))
     assert not (tmp_path / ".dlh_state").exists(), "nothing on the worker"
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pytest
 
 from dlh_airflow_common.dbt import retry_state
-from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, ObjectStore
+from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
@@ -23,6 +22,7 @@ from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException
 from dlh_airflow_common.hooks.dbt_profile_source import PreparedProfile, Profile
 from fake_dbt_venv import fake_dbt_calls, fake_dbt_venv
+from tests.unit.conftest import MemoryState
 
 WAIT_SECONDS = 60.0
 
@@ -142,27 +142,11 @@ def test_a_failed_try_keeps_its_resume_state_and_the_next_try_resumes_with_dbt_r
     assert not (state / "run_results.json").exists(), "a successful try drops the state"
 
 
-@pytest.fixture
-def memory_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Resume state URLs opened on fsspec's in-memory object store (the ``ObjectStore`` of a remote channel)."""
-    fs = fsspec.filesystem("memory")
-    opened: list[tuple[str, str | None]] = []
-
-    def open_url(url: str, conn_id: str | None) -> ObjectStore:
-        opened.append((url, conn_id))
-        return ObjectStore(fs, "/" + url.split("://", 1)[1])
-
-    monkeypatch.setattr(retry_state, "open_url", open_url)
-    yield fs, opened
-    if fs.exists("/bucket"):
-        fs.rm("/bucket", recursive=True)
-
-
 def test_resume_state_under_a_url_is_found_by_a_try_on_another_worker(
-    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: Any
+    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: MemoryState
 ) -> None:
     """Each try has its own run-dir root (another worker); the state is in the object store under the channel."""
-    fs, opened = memory_state
+    fs, opened = memory_state.fs, memory_state.opened
     url = "s3://bucket/runs/.dlh_state/dag/task/run/map-1"
     settings = {"run_channel": "s3://bucket/runs", "run_channel_conn_id": "aws"}
     first = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w1"), **settings), log=_Log(),
@@ -185,10 +169,10 @@ def test_resume_state_under_a_url_is_found_by_a_try_on_another_worker(
 
 
 def test_a_detached_try_keeps_its_state_where_it_is_collected_and_the_next_resumes(
-    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: Any
+    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: MemoryState
 ) -> None:
     """launch() on one worker, collect() (execute_complete) on another keeps the state; the next try resumes."""
-    fs, _ = memory_state
+    fs = memory_state.fs
     url = "s3://bucket/runs/.dlh_state/dag/det/run/map-1"
     run = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w1")), log=_Log(),
                  run_name=run_dir_name("dag", "det", 1), resume_state=url)  # fmt: skip
