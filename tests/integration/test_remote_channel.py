@@ -1,7 +1,7 @@
 """Deferred runs through a remote run channel (a moto S3 server on 127.0.0.1): real dbt, real DuckDB, dag.test().
 
-The trigger and execute_complete read only the channel here; tests/deployment proves the same across
-"hosts" that cannot see each other's files or processes.
+The trigger and execute_complete read only the channel here, and retry_from_failure keeps its state there (sync
+and deferred); tests/deployment proves the same across "hosts" that cannot see each other's files or processes.
 """
 
 from __future__ import annotations
