@@ -58,6 +58,7 @@ class Chromium:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.socket: ClientConnection | None = None
+        self._closing = contextlib.ExitStack()
         self._ids = itertools.count(1)
 
     def __enter__(self) -> Self:
@@ -92,15 +93,16 @@ class Chromium:
         port = int(port_file.read_text().splitlines()[0])
         targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=30).json()
         page = next(t for t in targets if t.get("type") == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=30)
+        self.socket = self._closing.enter_context(
+            connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=30)
+        )
         self.send("Page.enable")
         self.send("Runtime.enable")
 
     def close(self) -> None:
-        if self.socket is not None:
-            with contextlib.suppress(Exception):
-                self.socket.close()
-            self.socket = None
+        with contextlib.suppress(Exception):
+            self._closing.close()
+        self.socket = None
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -129,7 +131,7 @@ class Chromium:
             return dict(reply.get("result", {}))
 
     def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (promises awaited)."""
+        """The value of a JavaScript expression in the page (promises awaited); JSON values only, no DOM nodes."""
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]

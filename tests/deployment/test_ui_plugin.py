@@ -95,7 +95,7 @@ def chromium() -> Iterator[Chromium]:
 def _log_in(browser: Chromium, deployment: AirflowDeployment) -> None:
     """Airflow's login page, filled in and submitted as a person would."""
     browser.goto(f"{deployment.base_url}/auth/login")
-    browser.wait_for("document.querySelector('input[name=username]')", "the login form")
+    browser.wait_for("!!document.querySelector('input[name=username]')", "the login form")
     browser.evaluate("document.querySelector('input[name=username]').focus()")
     user, password = deployment.admin_login
     browser.type_text(user)
@@ -131,7 +131,7 @@ def test_failed_try_report_in_the_task_instance_tab(
     _log_in(chromium, deployment)
     run = quote(finished_run["run_id"], safe="")
     chromium.goto(f"{deployment.base_url}/dags/{DAG_ID}/runs/{run}/tasks/build/plugin/{REPORT_VIEW_ROUTE}")
-    chromium.wait_for(_in_frame("doc.querySelector('#summary #counts')"), "the report inside the task tab", limit=90)
+    chromium.wait_for(_in_frame("!!doc.querySelector('#summary #counts')"), "the report inside the task tab", limit=90)
 
     seen = chromium.evaluate(
         _in_frame(
@@ -191,7 +191,11 @@ def test_dbt_docs_in_the_navigation(deployment: AirflowDeployment, finished_run:
     chromium.goto(f"{deployment.base_url}/plugin/{DOCS_VIEW_ROUTE}")
     title = chromium.wait_for(_in_frame("doc.title"), "the docs page inside the Airflow UI", limit=90)
     assert "dbt" in title.lower()
-    chromium.wait_for(_in_frame("doc.body && doc.body.innerText.includes('orders')"), "the docs to list models", 90)
+    welcome = "doc.body && doc.body.innerText.includes('Welcome to the auto-generated documentation')"
+    chromium.wait_for(_in_frame(welcome), "the docs site to render", limit=90)
+    chromium.evaluate(_in_frame("(f.contentWindow.location.hash = '#!/model/model.shop.orders', true)"))
+    model = "doc.body.innerText.includes('shop.main.orders') && doc.body.innerText.includes('One row per order')"
+    chromium.wait_for(_in_frame(model), "the orders model's page", limit=60)
     _screenshot(chromium, tmp_path, "dbt_docs.png")
 
 
