@@ -53,3 +53,12 @@ def test_report_page_url(map_index: int | None, shown: str) -> None:
 def test_report_page_url_defaults_to_the_api_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow:8080")
     assert dbt_ui.report_page_url("d", "r", "t", None, 1).startswith("http://airflow:8080/dbt/report?dag_id=d&")
+
+
+def test_served_report_url_only_for_reports_under_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__ARTIFACTS_ROOTS", "s3://aws_art@acme/dbt, file:///srv/artifacts")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow:8080")
+    url = dbt_ui.served_report_url("s3://acme/dbt/d/t/r/try_1/run_report.html", "d", "r", "t", None, 1)
+    assert url is not None and url.startswith("http://airflow:8080/dbt/report?dag_id=d&run_id=r&task_id=t")
+    assert dbt_ui.served_report_url("s3://acme/dbt-other/run_report.html", "d", "r", "t", None, 1) is None
+    assert dbt_ui.served_report_url("file:///srv/artifacts/x/run_report.html", "d", "r", "t", 2, 1) is not None

@@ -187,3 +187,15 @@ def test_no_docs_and_configured_docs(
 @pytest.mark.parametrize(("value", "index"), [(None, -1), ("{MAP_INDEX}", -1), ("3", 3), ("-1", -1), ("-7", -1)])
 def test_parse_map_index(value: str | None, index: int) -> None:
     assert parse_map_index(value) == index
+
+
+def test_the_report_location_the_summary_names_is_used_when_under_a_root(
+    client: TestClient, session: FakeSession, tmp_path: Path
+) -> None:
+    folder = _write_report(tmp_path, "team_b", "elsewhere", text="named")
+    session.ti = SimpleNamespace(try_number=1, state="failed")
+    session.summary = {"artifacts": {"report_location": (folder / "run_report.html").as_uri()}}
+    assert _report(client, _token("viewer")).text == "named"
+    (tmp_path / "outside.html").write_text("outside")
+    session.summary = {"artifacts": {"report_location": (tmp_path / "outside.html").as_uri()}}
+    assert "outside" not in _report(client, _token("viewer")).text

@@ -105,3 +105,16 @@ def test_a_huge_file_is_refused_not_loaded(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "big.html").write_bytes(b"x" * 11)
     with pytest.raises(roots.RefusedPath, match="larger than"):
         roots.read_html(roots.open_root(tmp_path.as_uri()).path / "big.html")
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://aws_art@bucket/dbt", "s3://bucket/dbt"),
+        ("s3://bucket/dbt", "s3://bucket/dbt"),
+        ("abfs://container@account.dfs.core.windows.net/p", "abfs://account.dfs.core.windows.net/p"),
+        ("file:///srv/a@b/c", "file:///srv/a@b/c"),
+    ],
+)
+def test_shown_uri_drops_the_connection_id(uri: str, shown: str) -> None:
+    assert roots.shown_uri(uri) == shown

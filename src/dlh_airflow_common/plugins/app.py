@@ -74,13 +74,14 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def _reported_file(found_roots: Sequence[roots.Root], summary: dict[str, Any], name: str) -> Any | None:
-    """``name`` next to the artifacts the summary says were uploaded, when that place is under a root."""
-    location = (summary.get("artifacts") or {}).get("location")
-    placed = roots.under_root(found_roots, str(location)) if location else None
-    if placed is None:
-        return None
-    candidate = placed[1] / name
-    return candidate if roots.inside(placed[0], candidate) and candidate.is_file() else None
+    """The report the summary says was uploaded (or ``name`` next to the artifacts), when under a root."""
+    uploaded = summary.get("artifacts") or {}
+    folder = uploaded.get("location")
+    for location in (uploaded.get("report_location"), f"{folder}/{name}" if folder else None):
+        placed = roots.under_root(found_roots, str(location)) if location else None
+        if placed is not None and placed[1].is_file():
+            return placed[1]
+    return None
 
 
 def run_report(

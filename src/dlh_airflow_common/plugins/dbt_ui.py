@@ -45,6 +45,30 @@ def report_page_url(
     return f"{base_url.rstrip('/')}{URL_PREFIX}/{REPORT_ROUTE}?{urlencode(query)}"
 
 
+def served_report_url(
+    location: str, dag_id: str, run_id: str, task_id: str, map_index: int | None, try_number: int
+) -> str | None:
+    """:func:`report_page_url` when the plugin serves a report uploaded to ``location``, else None.
+
+    For the "dbt Run Report" link on the worker: the plugin serves only files under ``[dlh_dbt]
+    artifacts_roots``, so a report uploaded elsewhere keeps its storage URL.
+
+    :param location: Where the report was uploaded (``storage.display_uri`` form, no ``conn_id@``).
+    :param dag_id: The task's DAG.
+    :param run_id: The DAG run.
+    :param task_id: The task.
+    :param map_index: The map index of a mapped task (None or -1 when unmapped).
+    :param try_number: The try the report belongs to.
+    """
+    from dlh_airflow_common.plugins.roots import ROOTS_OPTION, parse_roots, shown_uri
+    from dlh_airflow_common.settings import configured
+
+    for root in parse_roots(configured(ROOTS_OPTION)):
+        if location.startswith(shown_uri(root).rstrip("/") + "/"):
+            return report_page_url(dag_id, run_id, task_id, map_index, try_number)
+    return None
+
+
 class LazyApp:
     """An ASGI app that builds the plugin's FastAPI app on its first request."""
 

@@ -73,6 +73,13 @@ def parse_roots(value: str | None) -> list[str]:
     return roots
 
 
+def shown_uri(uri: str) -> str:
+    """A root URI as ``display_uri`` shows paths under it: without a ``conn_id@`` before the bucket."""
+    scheme, sep, rest = uri.partition("://")
+    head, at, tail = rest.partition("@")
+    return f"{scheme}{sep}{tail}" if sep and at and "/" not in head else uri
+
+
 def configured_roots() -> list[Root]:
     """The roots from the Airflow config, opened through ``ObjectStoragePath``."""
     return [open_root(uri) for uri in parse_roots(configured(ROOTS_OPTION))]
@@ -80,8 +87,7 @@ def configured_roots() -> list[Root]:
 
 def open_root(uri: str) -> Root:
     """One root; a ``conn_id@`` in the URI is the connection ``ObjectStoragePath`` uses for it."""
-    path = storage.open_destination(uri)
-    return Root(configured=uri, shown=storage.display_uri(path), path=path)
+    return Root(configured=uri, shown=shown_uri(uri), path=storage.open_destination(uri))
 
 
 def roots_hint() -> str:
