@@ -199,3 +199,13 @@ def test_the_report_location_the_summary_names_is_used_when_under_a_root(
     (tmp_path / "outside.html").write_text("outside")
     session.summary = {"artifacts": {"report_location": (tmp_path / "outside.html").as_uri()}}
     assert "outside" not in _report(client, _token("viewer")).text
+
+
+def test_a_report_that_cannot_be_read_gets_a_page(
+    client: TestClient, session: FakeSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_report(tmp_path, *TRY_DIR)
+    session.ti = SimpleNamespace(try_number=1, state="failed")
+    monkeypatch.setattr("dlh_airflow_common.plugins.roots._MAX_HTML_BYTES", 5)
+    answer = _report(client, _token("viewer"))
+    assert answer.status_code == 502 and "Could not read" in answer.text and "larger than" in answer.text

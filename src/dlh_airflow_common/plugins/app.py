@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from html import escape
 from typing import Annotated, Any
 
 from airflow.api_fastapi.app import get_auth_manager
@@ -118,16 +119,22 @@ def run_report(
         return _html(pages.report_missing(what, None, reason, hint), status.HTTP_404_NOT_FOUND)
     identity = roots.TryIdentity(dag_id, run_id, task_id, number, index)
     summary = _summary(session, dag_id, run_id, task_id, index) if number == latest else {}
-    report = roots.find_file(found_roots, identity.relative_path(), roots.REPORT_FILE) or _reported_file(
-        found_roots, summary, roots.REPORT_FILE
-    )
-    if report is not None:
-        try:
+    try:
+        report = roots.find_file(found_roots, identity.relative_path(), roots.REPORT_FILE) or _reported_file(
+            found_roots, summary, roots.REPORT_FILE
+        )
+        if report is not None:
             return _html(roots.read_html(report))
-        except roots.RefusedPath as err:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
+    except Exception as err:  # storage unreachable, permissions, too large: a page, not a traceback
+        return _unreadable(what, err)
     state = str(ti.state) if ti.state is not None and number == latest else None
     return _html(pages.report_missing(what, state, _why_missing(state, summary), _MISSING_HINT), 404)
+
+
+def _unreadable(what: str, err: Exception) -> HTMLResponse:
+    """The file is there but could not be read; the error's type (and, when ours, its message)."""
+    detail = str(err) if isinstance(err, roots.RefusedPath) else type(err).__name__
+    return _html(pages.page("dbt page not readable", f"Could not read {what}: {escape(detail)}."), 502)
 
 
 def _why_missing(state: str | None, summary: dict[str, Any]) -> str:
@@ -136,7 +143,7 @@ def _why_missing(state: str | None, summary: dict[str, Any]) -> str:
     error = (summary.get("artifacts") or {}).get("error")
     if error:
         return f"The artifact upload of this try failed: {error}"
-    if summary.get("artifacts", {}).get("location"):
+    if (summary.get("artifacts") or {}).get("location"):
         return "This try's artifacts were uploaded outside the configured roots, or without a report."
     return "No run report was uploaded for this try under the configured roots."
 
@@ -188,10 +195,13 @@ def dbt_docs(
     """The configured docs site, else the newest docs a DbtOperator published (a chooser when several did)."""
     configured_site = _configured_docs() if dag_id is None else None
     if configured_site is not None:
-        if not configured_site.is_file():
-            hint = f"<code>[{SECTION}] {roots.DOCS_OPTION}</code> names no docs page that exists."
-            return _html(pages.docs_missing(hint), status.HTTP_404_NOT_FOUND)
-        return _html(roots.read_html(configured_site))
+        try:
+            if configured_site.is_file():
+                return _html(roots.read_html(configured_site))
+        except Exception as err:
+            return _unreadable(f"the docs site of <code>[{SECTION}] {roots.DOCS_OPTION}</code>", err)
+        hint = f"<code>[{SECTION}] {roots.DOCS_OPTION}</code> names no docs page that exists."
+        return _html(pages.docs_missing(hint), status.HTTP_404_NOT_FOUND)
     if dag_id is not None and not _may_read_xcom(request, user, dag_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
     readable = {dag_id} if dag_id is not None else get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
@@ -211,7 +221,11 @@ def dbt_docs(
     if len(published) > 1:
         choices = [pages.PublishedDocs(r.dag_id, r.task_id, f"{r.timestamp:%Y-%m-%d %H:%M} UTC") for r, _ in published]
         return _html(pages.docs_chooser(choices))
-    return _html(roots.read_html(published[0][1]))
+    row, path = published[0]
+    try:
+        return _html(roots.read_html(path))
+    except Exception as err:
+        return _unreadable(f"the docs published by <code>{escape(row.dag_id)}.{escape(row.task_id)}</code>", err)
 
 
 def create_app() -> FastAPI:
