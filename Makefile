@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := adapters,s3,openlineage,statsd,dev
 # Debian packages the tests need, as CHECK_PATH:PACKAGE (scripts/system_packages.sh installs them as root).
-TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin/redis-server:redis-server
+TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin/redis-server:redis-server \
+	/usr/bin/chromium:chromium
 # Every test run ends with its 25 slowest tests; `make test PYTEST_ARGS=...` adds options (a later --durations wins).
 override PYTEST_ARGS := --durations=25 $(PYTEST_ARGS)
 
