@@ -26,8 +26,10 @@ system-packages:
 demo: install
 	@bash examples/demo.sh
 
+# The unit and integration tiers run in TEST_WORKERS parallel workers, then the deployment tier alone.
+TEST_WORKERS ?= 3
 test: install system-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash scripts/run_tests.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts examples bench
