@@ -72,6 +72,18 @@ def test_record_links_with_configured_docs_and_browse_urls(tmp_path: Path) -> No
     }
 
 
+def test_record_links_points_at_the_uploaded_run_report(tmp_path: Path) -> None:
+    report = UploadReport(location="s3://b/p/try_1", relative_path="d/t/r/try_1",
+                          report_location="s3://b/p/try_1/run_report.html")  # fmt: skip
+    plain = _result(tmp_path)
+    after_run.record_links(after_run.ArtifactSettings(upload=True, destination="s3://b/p"), plain, report)
+    assert plain.extra["report_url"] == "s3://b/p/try_1/run_report.html"
+    browsed = _result(tmp_path)
+    settings = after_run.ArtifactSettings(upload=True, destination="s3://b/p", base_url="https://h/b")
+    after_run.record_links(settings, browsed, report)
+    assert browsed.extra["report_url"] == "https://h/b/d/t/r/try_1/run_report.html"
+
+
 def test_record_links_without_configuration(tmp_path: Path) -> None:
     result = _result(tmp_path)
     after_run.record_links(after_run.ArtifactSettings(), result, None)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from dlh_airflow_common.dbt import metrics, storage
 from dlh_airflow_common.dbt.run_dir import RunDir
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
-from dlh_airflow_common.links.dbt import ARTIFACTS_URL_KEY, DOCS_URL_KEY, docs_url, first_model
+from dlh_airflow_common.links.dbt import ARTIFACTS_URL_KEY, DOCS_URL_KEY, REPORT_URL_KEY, docs_url, first_model
 
 if TYPE_CHECKING:
     from dlh_airflow_common.dbt.lineage import DbtLineage
@@ -109,7 +110,7 @@ def _conn_type(settings: ArtifactSettings) -> str | None:
 
 
 def record_links(settings: ArtifactSettings, result: DbtTaskResult, report: storage.UploadReport | None) -> None:
-    """Put the ``dbt Docs`` and ``dbt Artifacts`` URLs into the summary the links read."""
+    """Put the ``dbt Docs``, ``dbt Artifacts`` and ``dbt Run Report`` URLs into the summary the links read."""
     command = result.command.split()[0] if result.command else ""
     node = first_model(n.unique_id for n in result.summary.nodes) if command in _BUILDING_COMMANDS else None
     docs: str | None = None
@@ -125,10 +126,17 @@ def record_links(settings: ArtifactSettings, result: DbtTaskResult, report: stor
         artifacts = report.location
         if settings.base_url:
             artifacts = storage.relative_url(settings.base_url, report.relative_path) + "/"
+    report_url: str | None = None
+    if report is not None and report.report_location:
+        report_url = report.report_location
+        if settings.base_url:
+            report_url = storage.relative_url(settings.base_url, report.relative_path, RUN_REPORT_FILE)
     if docs:
         result.extra[DOCS_URL_KEY] = docs
     if artifacts:
         result.extra[ARTIFACTS_URL_KEY] = artifacts
+    if report_url:
+        result.extra[REPORT_URL_KEY] = report_url
 
 
 def openlineage_enabled() -> bool:
