@@ -288,18 +288,14 @@ class _Page:
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) != self.browser_pid:  # the process group: Chromium runs in its own session
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in stat.parent.glob("task/*"):
-                try:
-                    if (task / "comm").read_text().strip() == "CrRendererMain":
-                        thread = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                        main += (int(thread[11]) + int(thread[12])) / tick
-                except OSError:
+                if int(fields[3]) != self.browser_pid:  # the session: Chromium was started in its own
                     continue
+                total += (int(fields[11]) + int(fields[12])) / tick
+                if b"--type=renderer" in (stat.parent / "cmdline").read_bytes():  # its main thread: tid == pid
+                    thread = (stat.parent / "task" / stat.parent.name / "stat").read_text().rsplit(")", 1)[1].split()
+                    main += (int(thread[11]) + int(thread[12])) / tick
+            except (OSError, IndexError, ValueError):
+                continue
         return total, main
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,8 @@ _ADAPTER_LINE = re.compile(r"Registered adapter: ([A-Za-z0-9_-]+)=([A-Za-z0-9_.+
 # -- typed partial views: only what the page shows is decoded --------------------------------------------
 class _Timing(msgspec.Struct):
     name: Any = None
-    started_at: Any = None
-    completed_at: Any = None
+    started_at: datetime | None = None  # RFC 3339, decoded by msgspec in C
+    completed_at: datetime | None = None
 
 
 class _NodeResult(msgspec.Struct):
@@ -279,72 +280,81 @@ def _resources(manifest: _Manifest) -> dict[str, _ManifestNode]:
 
 
 def _node(result: _NodeResult, resources: dict[str, _ManifestNode], redact: Redactor) -> ReportNode:
-    node = _reported(result.unique_id, result.status, result.execution_time, result.message or result.error,
-                     result.failures, resources, redact)  # fmt: skip
-    started, ended = _timed(result.timing or [])
+    uid, status = str(result.unique_id), str(result.status).lower()
+    name, resource_type, file = _identity(uid, resources)
+    started, ended = _timed(result.timing or ())
     response = result.adapter_response or {}
     rows = response.get("rows_affected")
-    sql = _text(result.compiled_code) if node.failed or node.warned else None
+    message = result.message or result.error
+    shown_sql = status in FAILED_STATUSES or status in WARNED_STATUSES
+    sql = result.compiled_code if shown_sql and isinstance(result.compiled_code, str) else None
     return ReportNode(
-        unique_id=node.unique_id,
-        status=node.status,
-        name=node.name,
-        resource_type=node.resource_type,
+        unique_id=uid,
+        status=status,
+        name=name,
+        resource_type=resource_type,
         thread=_text(result.thread_id),
         started=started,
         ended=ended,
-        seconds=node.seconds,
+        seconds=_number(result.execution_time),
         rows=rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None,
-        failures=node.failures,
-        message=node.message,
+        failures=_count(result.failures),
+        message=redact(str(message)) if message else None,
         adapter_message=redact(str(response["_message"])) if response.get("_message") else None,
         compiled_sql=redact(sql) if sql else None,
-        file=node.file,
+        file=file,
     )
 
 
 def _reported(
-    unique_id: Any,
-    status: Any,
-    seconds: Any,
-    message: Any,
-    failures: Any,
-    resources: dict[str, _ManifestNode],
-    redact: Redactor,
-) -> ReportNode:
-    """A node from what any source says about it, named and located through the manifest."""
-    uid = str(unique_id)
+    unique_id: str, status: str, seconds: float, message: str | None, failures: int | None,
+    resources: dict[str, _ManifestNode], redact: Redactor,
+) -> ReportNode:  # fmt: skip
+    """A node only the try's summary knows (no timing, thread or SQL), named and located through the manifest."""
+    name, resource_type, file = _identity(unique_id, resources)
+    return ReportNode(
+        unique_id=unique_id, status=status, name=name, resource_type=resource_type, seconds=seconds,
+        failures=failures, message=redact(message) if message else None, file=file,
+    )  # fmt: skip
+
+
+def _identity(uid: str, resources: dict[str, _ManifestNode]) -> tuple[str, str, str | None]:
+    """Name, resource type and original file path: the manifest's, else what the unique id says."""
     resource = resources.get(uid)
     parts = uid.split(".")
-    return ReportNode(
-        unique_id=uid,
-        status=str(status).lower(),
-        name=_text(resource.name if resource else None) or (parts[2] if len(parts) > 2 else uid),
-        resource_type=_text(resource.resource_type if resource else None) or parts[0],
-        seconds=float(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else 0.0,
-        failures=failures if isinstance(failures, int) and not isinstance(failures, bool) else None,
-        message=redact(str(message)) if message else None,
-        file=_text(resource.original_file_path if resource else None),
-    )
+    if resource is None:
+        return (parts[2] if len(parts) > 2 else uid), parts[0], None
+    name = _text(resource.name) or (parts[2] if len(parts) > 2 else uid)
+    return name, _text(resource.resource_type) or parts[0], _text(resource.original_file_path)
 
 
-def _timed(timing: list[_Timing]) -> tuple[float | None, float | None]:
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _timed(timing: Iterable[_Timing]) -> tuple[float | None, float | None]:
     """The execute step's start and end, else the span of the steps dbt timed."""
-    steps = [step for step in timing if step.name == "execute"] or timing
-    starts = [t for t in (_instant(step.started_at) for step in steps) if t is not None]
-    ends = [t for t in (_instant(step.completed_at) for step in steps) if t is not None]
-    if not starts or not ends:
+    started = ended = None
+    for step in timing:
+        if step.name == "execute" and step.started_at is not None and step.completed_at is not None:
+            started, ended = step.started_at, step.completed_at
+            break
+        if step.started_at is not None and (started is None or step.started_at < started):
+            started = step.started_at
+        if step.completed_at is not None and (ended is None or step.completed_at > ended):
+            ended = step.completed_at
+    if started is None or ended is None:
         return None, None
-    return min(starts), max(max(ends), min(starts))
+    start = _epoch(started)
+    return start, max(start, _epoch(ended))
 
 
-def _instant(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp() if moment.tzinfo is not None else moment.replace(tzinfo=UTC).timestamp()
 
 
 def _with_sql_budget(nodes: list[ReportNode]) -> list[ReportNode]:

@@ -45,14 +45,12 @@
     return 10 * power;
   }
 
-  function row(n) {
+  function row(n) {  // cells: name and id, type, status, thread, start, duration, rows, failures
     var cls = FAILED[n.status] ? " class=\"failed\"" : (n.status === "warn" ? " class=\"warned\"" : "");
     return "<tr data-unique-id=\"" + esc(n.id) + "\" data-status=\"" + esc(n.status) + "\"" + cls + "><td>" +
-      esc(n.name) + "<span class=\"uid\">" + esc(n.id) + "</span></td><td>" + esc(n.type) +
-      "</td><td class=\"st\">" + esc(n.status) + "</td><td>" +
-      (n.thread < 0 ? "" : esc(THREADS[n.thread])) + "</td><td class=\"num\">" + (n.start < 0 ? "" : secs(n.start)) +
-      "</td><td class=\"num\">" + secs(n.ms) + "</td><td class=\"num\">" + count(n.rows) + "</td><td class=\"num\">" +
-      count(n.failures) + "</td></tr>";
+      esc(n.name) + "<small>" + esc(n.id) + "</small><td>" + esc(n.type) + "<td>" + esc(n.status) + "<td>" +
+      (n.thread < 0 ? "" : esc(THREADS[n.thread])) + "<td>" + (n.start < 0 ? "" : secs(n.start)) + "<td>" +
+      secs(n.ms) + "<td>" + count(n.rows) + "<td>" + count(n.failures) + "</tr>";
   }
 
   var tbody = document.querySelector("#nodes tbody"), rows = [], shown = document.getElementById("node-count-shown");
