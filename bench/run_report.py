@@ -461,6 +461,7 @@ def report(result: dict[str, Any]) -> tuple[list[tuple[str, ...]], str]:
         figures.append((
             f"R3 run report, {nodes:,} nodes: open in headless Chromium (navigation start to drawn page)", "<= 1.5 s",
             f"{statistics.median(later):.2f} s ({min(later):.2f}-{max(later):.2f}); first {opened['ready_s'][0]:.2f} s",
+            f"renderer main thread {statistics.median(opened['cpu_main_s'][1:] or opened['cpu_main_s']):.2f} s CPU; "
             f"sort {opened['sort_ms']:.0f} ms, filter {opened['filter_ms']:.0f} ms",
             "yes" if worst <= GOAL_OPEN_S else "no",
         ))  # fmt: skip
@@ -492,6 +493,13 @@ def report(result: dict[str, Any]) -> tuple[list[tuple[str, ...]], str]:
         lines += [
             f"| browser | {opened['browser']} |",
             f"| open: ready mark per navigation (s) | {', '.join(f'{s:.2f}' for s in opened['ready_s'])} |",
+            f"| open: CPU of the renderer's main thread per navigation (s) | "
+            f"{', '.join(f'{s:.2f}' for s in opened['cpu_main_s'])} |",
+            f"| open: CPU of all Chromium processes per navigation (s) | "
+            f"{', '.join(f'{s:.2f}' for s in opened['cpu_all_s'])} |",
+            f"| open, last navigation: script start / timeline drawn / table drawn (ms from navigation start) | "
+            f"{opened['marks_ms'].get('start', '?')} / {opened['marks_ms'].get('timeline', '?')} / "
+            f"{opened['marks_ms'].get('table', '?')} |",
             f"| open, last navigation: DOMContentLoaded / load (s) | {opened['dom_content_loaded_s']:.2f} / "
             f"{opened['load_s']:.2f} |",
             f"| sort 10,000 rows by duration, to the next frame | {opened['sort_ms']:.0f} ms |",
