@@ -50,6 +50,8 @@ ROOT = BENCH.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+from bench_output import emit  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 GOAL_BYTES = 3 * 1000 * 1000
 GOAL_BUILD_S = 1.0
@@ -536,15 +538,7 @@ def main() -> None:
         print(json.dumps(build_once(Path(args.work))))
         return
     result = bench(args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        figures, section = report(result)
-        print("| Figure | Goal | Result | Absolute | Met |\n|---|---|---|---|---|")
-        print("\n".join("| " + " | ".join(row) + " |" for row in figures))
-        print()
-        print(section)
-    print(json.dumps(result))
+    emit(result, args, report)
 
 
 if __name__ == "__main__":
