@@ -195,13 +195,14 @@ def generate(work: Path, nodes: int = 10_000, threads: int = 8, seed: int = 14) 
             "skipped": None,
         }[status]
         rows = rng.randint(0, 5_000_000) if kind != "test" and status == "success" else None
+        failures = None if kind != "test" or status == "skipped" else (0 if status == "pass" else rng.randint(1, 9999))
         results.append({
             "status": status, "timing": timing, "thread_id": f"Thread-{thread + 1} (worker)",
             "execution_time": seconds,
             "adapter_response": {"_message": message, "code": "SELECT", "rows_affected": rows} if rows is not None
             else ({} if status in ("skipped", "error") else {"_message": "OK"}),
             "message": message,
-            "failures": None if kind != "test" else (0 if status == "pass" else rng.randint(1, 9999)),
+            "failures": failures,
             "unique_id": uid, "compiled": status != "skipped",
             "compiled_code": compiled if status != "skipped" else None,
             "relation_name": f'"warehouse"."analytics"."{name}"' if kind != "test" else None, "batch_results": None,

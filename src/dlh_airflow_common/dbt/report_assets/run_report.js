@@ -33,7 +33,8 @@
     }).join("");
     var axis = [], step = niceStep(span / 8);
     for (var at = 0; at <= span; at += step) {
-      axis.push("<span style=\"left:" + (at / span * 100).toFixed(3) + "%\">" + secs(at) + " s</span>");
+      var label = step >= 1000 ? String(Math.round(at / 1000)) : (at / 1000).toFixed(step >= 100 ? 1 : 2);
+      axis.push("<span style=\"left:" + (at / span * 100).toFixed(3) + "%\">" + label + " s</span>");
     }
     document.getElementById("timeline-axis").innerHTML = axis.join("");
   }
