@@ -31,6 +31,10 @@
     document.getElementById("timeline").innerHTML = THREADS.map(function (t, i) {
       return "<div class=\"lane\" data-thread=\"" + esc(t) + "\">" + lanes[i].join("") + "</div>";
     }).join("");
+    if (!THREADS.length) {
+      document.getElementById("timeline-axis").textContent = "No node ran on a dbt thread.";
+      return;
+    }
     var axis = [], step = niceStep(span / 8);
     for (var at = 0; at <= span; at += step) {
       var label = step >= 1000 ? String(Math.round(at / 1000)) : (at / 1000).toFixed(step >= 100 ? 1 : 2);
