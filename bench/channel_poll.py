@@ -54,6 +54,8 @@ for _path in (ROOT / "src", ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from bench_output import emit  # noqa: E402
+
 CONN_ID = "bench_channel_s3"
 GO_FILE = "go"
 TICK_SECONDS = 0.050
@@ -691,15 +693,7 @@ def main() -> None:
         triggers(args)
         return
     result = bench(args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        figures, section = report(result)
-        print("| Figure | Goal | Result | Absolute | Met |\n|---|---|---|---|---|")
-        print("\n".join("| " + " | ".join(row) + " |" for row in figures))
-        print()
-        print(section)
-    print(json.dumps(result))
+    emit(result, args, report)
 
 
 if __name__ == "__main__":

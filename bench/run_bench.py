@@ -36,6 +36,7 @@ from channel_poll import measure as measure_channel_poll  # noqa: E402
 from deferrable import measure as measure_deferrable  # noqa: E402
 from generate_project import generate  # noqa: E402
 from make_artifacts import scale_manifest, scale_run_results  # noqa: E402
+from run_report import measure as measure_run_report  # noqa: E402
 from worker_slot import measure as measure_worker_slot  # noqa: E402
 
 PYTHON = sys.executable
@@ -579,8 +580,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".bench")
     parser.add_argument(
         "--only",
-        default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll",
-        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll",
+        default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report",
+        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report",
     )
     args = parser.parse_args()
     if args.quick:
@@ -629,6 +630,10 @@ def main() -> None:
         report.sections.append(section)
     if "channel_poll" in only:  # issue 12: bench/channel_poll.py, 500 triggers on the remote and local channel
         figures, section = measure_channel_poll(bench.env, work, quick=args.quick)
+        report.figures += [Figure(*row) for row in figures]
+        report.sections.append(section)
+    if "run_report" in only:  # issue 14: bench/run_report.py, a 10,000-node report built and opened in Chromium
+        figures, section = measure_run_report(bench.env, work, quick=args.quick)
         report.figures += [Figure(*row) for row in figures]
         report.sections.append(section)
     write_report(report, args.out, args, facts, started)

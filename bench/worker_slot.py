@@ -50,6 +50,7 @@ for _path in (ROOT / "tests", ROOT / "tests" / "deployment"):  # the deployment 
 
 import httpx  # noqa: E402
 from airflow_deployment import AirflowDeployment, TaskLogLine  # noqa: E402
+from bench_output import emit  # noqa: E402
 
 from pg_server import PostgresServer  # noqa: E402
 
@@ -364,15 +365,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the docs/benchmarks.md rows and section")
     args = parser.parse_args()
     result = bench(args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        figures, section = report(result)
-        print("| Figure | Goal | Result | Absolute | Met |\n|---|---|---|---|---|")
-        print("\n".join("| " + " | ".join(row) + " |" for row in figures))
-        print()
-        print(section)
-    print(json.dumps(result))
+    emit(result, args, report)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": [
             "dlh_airflow_common.links.dbt.DbtDocsLink",
             "dlh_airflow_common.links.dbt.DbtArtifactsLink",
+            "dlh_airflow_common.links.dbt.DbtRunReportLink",
         ],
         "integrations": [
             {

@@ -99,6 +99,7 @@ def test_local_upload_layout_and_published_docs(
     assert summary["artifacts"]["location"] == build_dir.as_uri()
     assert summary["artifacts"]["file_count"] == len(files)
     assert summary["artifacts_url"] == build_dir.as_uri()
+    assert "run_report.html" in files and summary["report_url"] == (build_dir / "run_report.html").as_uri()
 
     (docs_dir,) = (destination / "dbt_upload_local" / "dbt_docs").glob("*/try_1")
     index = docs_dir / "index.html"
@@ -134,11 +135,14 @@ def test_failed_run_uploads_to_s3_gzipped(
     results = json.loads(gzip.decompress(body))
     statuses = {r["unique_id"]: r["status"] for r in results["results"]}
     assert statuses["model.shop.broken"] == "error", "the failed run's results are what was uploaded"
+    page = client.get_object(Bucket=bucket, Key=f"{prefix}/run_report.html")["Body"].read().decode()
+    assert '<article class="failure" data-unique-id="model.shop.broken">' in page, "the report, not gzipped"
 
     summary = run.xcom("dbt_build", "dbt_summary")
     assert summary["error"]["type"] == "DbtRuntimeException"
     artifacts = summary["artifacts"]
     assert artifacts["location"] == f"s3://{bucket}/{prefix}"
+    assert summary["report_url"] == f"s3://{bucket}/{prefix}/run_report.html"
     assert 0 < artifacts["stored_bytes"] < artifacts["raw_bytes"] / 3, "JSON artifacts compress well"
     stored_manifest = client.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json.gz")["Body"].read()
     manifest, raw_manifest = len(stored_manifest), len(gzip.decompress(stored_manifest))

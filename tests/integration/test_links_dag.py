@@ -1,4 +1,5 @@
-"""The ``dbt Docs`` and ``dbt Artifacts`` links after a real run, read through Airflow's REST API (the UI's path)."""
+"""The ``dbt Docs``, ``dbt Artifacts`` and ``dbt Run Report`` links after a real run, read through Airflow's REST API
+(the UI's path)."""
 
 from __future__ import annotations
 
@@ -83,18 +84,21 @@ def test_links_after_a_real_run(
     run_id = _run_id("dbt_links")
 
     links = _links(api, "dbt_links", run_id, "dbt_run")
-    assert set(links) == {"dbt Docs", "dbt Artifacts"}
+    assert set(links) == {"dbt Docs", "dbt Artifacts", "dbt Run Report"}
     (try_dir,) = (destination / "dbt_links" / "dbt_run").glob("*/try_1")
     results = json.loads((try_dir / "run_results.json").read_text())["results"]
     first_model = next(r["unique_id"] for r in results if r["unique_id"].startswith("model."))
     assert links["dbt Docs"] == f"{DOCS_SITE}#!/model/{first_model}", "deep link to the first model built"
     assert links["dbt Artifacts"] == f"{BROWSE}/{try_dir.relative_to(destination).as_posix()}/"
+    assert links["dbt Run Report"] == f"{BROWSE}/{try_dir.relative_to(destination).as_posix()}/run_report.html"
+    assert (try_dir / "run_report.html").is_file()
 
     docs = _links(api, "dbt_links", run_id, "docs")
     (docs_dir,) = (destination / "dbt_links" / "docs").glob("*/try_1")
     assert docs["dbt Docs"] == (docs_dir / "index.html").as_uri(), "no dbt_docs_url: the published docs"
     assert docs["dbt Artifacts"] == docs_dir.as_uri()
+    assert docs["dbt Run Report"] == (docs_dir / "run_report.html").as_uri(), "no artifacts_url: the object URI"
 
     plain = _links(api, "dbt_links", run_id, "plain")
-    assert plain == {"dbt Docs": None, "dbt Artifacts": None}, "unconfigured links are empty, not errors"
+    assert plain == {"dbt Docs": None, "dbt Artifacts": None, "dbt Run Report": None}, "unconfigured: empty links"
     print(f"rendered links: dbt_run={links} docs={docs}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from dag_runner import run_dag_file
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 from dlh_airflow_common.exceptions.dbt import DbtConnectionException, DbtExecutionTimeoutException
 from dlh_airflow_common.hooks.dbt import DbtHook
 from pg_faults import AUDIT, builds, dbt_processes, fault_conn, sleeping_queries, sql, wait_for
@@ -121,10 +122,17 @@ def test_retry_after_partial_progress_runs_only_unfinished_nodes(
     killer.start()
     watch = _Watch()
     hook = DbtHook(fault_project, conn_id="fault_pg", retry_limit=3, retry_delay=0.5, logger=_logger("partial", watch))
-    result = hook.run_dbt_task("run")
+    reports: list[str] = []
+    result = hook.run_dbt_task(
+        "run", post_run=lambda r: reports.append((Path(r.target_path) / RUN_REPORT_FILE).read_text(encoding="utf-8"))
+    )
     killer.join(timeout=5)
     assert result.success, result.error
     assert result.attempts == 2
+    assert [(a.command, a.success) for a in result.attempt_records] == [("run", False), ("retry", True)]
+    (report,) = reports
+    assert '<tr data-attempt="2"><td class="num">2</td><td>dbt retry</td>' in report, "the run report lists both"
+    assert all(f'"model.faults.{name}"' in report for name in "abc"), "nodes of the first attempt too"
     assert [r["unique_id"] for r in result.run_results["results"]] == ["model.faults.c"], "dbt retry ran only c"
     assert result.summary.status_counts == {"success": 3}, "the summary covers every node of the task"
     assert builds(pg_server) == {"a": 1, "b": 1, "c": 1}

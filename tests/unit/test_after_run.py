@@ -72,6 +72,38 @@ def test_record_links_with_configured_docs_and_browse_urls(tmp_path: Path) -> No
     }
 
 
+def test_record_links_points_at_the_uploaded_run_report(tmp_path: Path) -> None:
+    report = UploadReport(location="s3://b/p/try_1", relative_path="d/t/r/try_1",
+                          report_location="s3://b/p/try_1/run_report.html")  # fmt: skip
+    plain = _result(tmp_path)
+    after_run.record_links(after_run.ArtifactSettings(upload=True, destination="s3://b/p"), plain, report)
+    assert plain.extra["report_url"] == "s3://b/p/try_1/run_report.html"
+    browsed = _result(tmp_path)
+    settings = after_run.ArtifactSettings(upload=True, destination="s3://b/p", base_url="https://h/b")
+    after_run.record_links(settings, browsed, report)
+    assert browsed.extra["report_url"] == "https://h/b/d/t/r/try_1/run_report.html"
+
+
+def test_record_links_prefers_the_ui_plugins_page_for_a_report_under_its_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__ARTIFACTS_ROOTS", "s3://aws_artifacts@b/p")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example")
+    who = after_run.RunIdentity("d", "t", "manual__1", 2)
+    served = UploadReport(location="s3://b/p/d/t/r/try_2", relative_path="d/t/r/try_2",
+                          report_location="s3://b/p/d/t/r/try_2/run_report.html")  # fmt: skip
+    result = _result(tmp_path)
+    after_run.record_links(after_run.ArtifactSettings(upload=True, destination="s3://b/p"), result, served, who)
+    assert result.extra["report_url"] == (
+        "https://airflow.example/dbt/report?dag_id=d&run_id=manual__1&task_id=t&map_index=-1&try_number=2"
+    )
+    elsewhere = UploadReport(location="s3://other/x/try_2", relative_path="d/t/r/try_2",
+                             report_location="s3://other/x/try_2/run_report.html")  # fmt: skip
+    outside = _result(tmp_path)
+    after_run.record_links(after_run.ArtifactSettings(upload=True, destination="s3://other/x"), outside, elsewhere, who)
+    assert outside.extra["report_url"] == "s3://other/x/try_2/run_report.html", "the plugin would not serve it"
+
+
 def test_record_links_without_configuration(tmp_path: Path) -> None:
     result = _result(tmp_path)
     after_run.record_links(after_run.ArtifactSettings(), result, None)

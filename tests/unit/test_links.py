@@ -1,4 +1,5 @@
-"""The dbt Docs / dbt Artifacts links: URL building, reading the task's summary, registration with Airflow."""
+"""The dbt Docs / dbt Artifacts / dbt Run Report links: URL building, reading the task's summary, registration
+with Airflow."""
 
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ def test_links_are_registered_with_the_provider_and_the_operator() -> None:
     for path in get_provider_info()["extra-links"]:
         module, _, cls = path.rpartition(".")
         names.append(getattr(importlib.import_module(module), cls)().name)
-    assert names == ["dbt Docs", "dbt Artifacts"]
+    assert names == ["dbt Docs", "dbt Artifacts", "dbt Run Report"]
     assert [link.name for link in DbtOperator.operator_extra_links] == names
     keys = {link.xcom_key for link in DbtOperator.operator_extra_links}
-    assert keys == {"_link_DbtDocsLink", "_link_DbtArtifactsLink"}, "Airflow stores each link's URL under its key"
+    expected = {"_link_DbtDocsLink", "_link_DbtArtifactsLink", "_link_DbtRunReportLink"}
+    assert keys == expected, "Airflow stores each link's URL under its key"
 
 
 class _Key:
@@ -68,10 +70,14 @@ def _patch_xcom(monkeypatch: pytest.MonkeyPatch, value: Any) -> list[dict[str, A
 
 
 def test_links_read_the_summary_the_task_pushed(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _patch_xcom(monkeypatch, {"docs_url": "https://docs/#!/model/m", "artifacts_url": "s3://b/p/try_1"})
+    stored = {"docs_url": "https://docs/#!/model/m", "artifacts_url": "s3://b/p/try_1",
+              "report_url": "s3://b/p/try_1/run_report.html"}  # fmt: skip
+    calls = _patch_xcom(monkeypatch, stored)
     operator = DbtOperator(task_id="t", dbt_project_dir="/p", dbt_docs_url="https://docs/")
     assert links.DbtDocsLink().get_link(operator, ti_key=_Key()) == "https://docs/#!/model/m"  # type: ignore[arg-type]
     assert links.DbtArtifactsLink().get_link(operator, ti_key=_Key()) == "s3://b/p/try_1"  # type: ignore[arg-type]
+    report = links.DbtRunReportLink().get_link(operator, ti_key=_Key())  # type: ignore[arg-type]
+    assert report == "s3://b/p/try_1/run_report.html"
     assert calls[0]["key"] == "dbt_summary"
 
 
@@ -86,3 +92,4 @@ def test_links_fall_back_to_configuration_then_empty(monkeypatch: pytest.MonkeyP
     bare = DbtOperator(task_id="t2", dbt_project_dir="/p")
     assert links.DbtDocsLink().get_link(bare, ti_key=_Key()) == ""  # type: ignore[arg-type]
     assert links.DbtArtifactsLink().get_link(bare, ti_key=_Key()) == ""  # type: ignore[arg-type]
+    assert links.DbtRunReportLink().get_link(configured, ti_key=_Key()) == "", "no upload, no report link"  # type: ignore[arg-type]

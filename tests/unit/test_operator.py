@@ -48,6 +48,13 @@ def test_run_channel_settings_reach_the_hook(monkeypatch: pytest.MonkeyPatch) ->
     assert (explicit.hook.run_channel, explicit.hook.run_channel_conn_id) == ("gs://b/p", "g")
 
 
+def test_run_report_setting_reaches_the_try() -> None:
+    default = DbtOperator(task_id="t", dbt_project_dir="/nowhere")
+    assert default.run_report is True and default.hook._settings().run_report is True
+    off = DbtOperator(task_id="u", dbt_project_dir="/nowhere", run_report=False)
+    assert off.hook._settings().run_report is False
+
+
 def test_execution_timeout_accepts_seconds() -> None:
     assert as_timedelta(90).total_seconds() == 90
     with pytest.raises(ValueError, match="positive number of seconds"):

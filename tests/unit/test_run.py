@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from dlh_airflow_common.dbt import retry_state
+from dlh_airflow_common.dbt import run as run_module
 from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.run import PROFILE_DIR, DbtRun, RunSettings, raise_or_return
 from dlh_airflow_common.dbt.run_dir import run_dir_name
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException
 from dlh_airflow_common.hooks.dbt_profile_source import PreparedProfile, Profile
 from fake_dbt_venv import fake_dbt_calls, fake_dbt_venv
@@ -120,6 +122,40 @@ def test_kept_artifacts_stay_in_the_run_dir_without_its_profile(project: DbtProj
     assert not (run_dir / PROFILE_DIR).exists(), "dbt has ended: its profile is removed"
     assert run.target_path == str(run_dir / "target") and run.kept is None
     assert "s3cr3t-pw" not in "".join(p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_a_try_writes_its_run_report_before_post_run(project: DbtProject, venv: Path, calls: Path) -> None:
+    seen: list[str] = []
+
+    def post_run(result: Any) -> None:
+        seen.append((Path(result.target_path) / RUN_REPORT_FILE).read_text(encoding="utf-8"))
+
+    run = DbtRun(project.path, _settings(venv), log=_Log())
+    result = run.run(project, DbtCommand("run"), _profile(calls, mode="fail"), post_run=post_run)
+    (page,) = seen
+    assert 'data-unique-id="model.proj.m"' in page and 'id="result" class="failed">failed<' in page
+    assert [a.command for a in result.attempt_records] == ["run"], "one attempt, no in-try retry"
+    assert "s3cr3t-pw" not in page
+
+
+def test_run_report_off_writes_none(project: DbtProject, venv: Path, calls: Path) -> None:
+    run = DbtRun(project.path, _settings(venv, keep_target_artifacts=True, run_report=False), log=_Log())
+    result = run.run(project, DbtCommand("run"), _profile(calls))
+    assert result.success and not (Path(result.target_path) / RUN_REPORT_FILE).exists()
+
+
+def test_a_report_that_cannot_be_written_is_a_warning(
+    project: DbtProject, venv: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Path:
+        raise OSError("disk full near s3cr3t-pw")
+
+    monkeypatch.setattr(run_module, "write_run_report", broken)
+    log = _Log()
+    result = DbtRun(project.path, _settings(venv), log=log).run(project, DbtCommand("run"), _profile(calls))
+    assert result.success and result.error is None
+    (line,) = [line for line in log.lines if "run report" in line]
+    assert line == "Could not write the dbt run report: OSError: disk full near *****"
 
 
 def test_a_failed_try_keeps_its_resume_state_and_the_next_try_resumes_with_dbt_retry(
@@ -293,10 +329,12 @@ def test_launch_then_collect_in_another_try_object(project: DbtProject, venv: Pa
     result = collector.collect(
         event,
         redactor=lambda: Redactor(["s3cr3t-pw"]),
-        post_run=lambda r: seen.append(Path(str(r.run_dir)).is_dir()),
+        post_run=lambda r: seen.extend(
+            [Path(str(r.run_dir)).is_dir(), (Path(r.target_path) / RUN_REPORT_FILE).is_file()]
+        ),
     )
 
-    assert seen == [True], "post_run sees the run dir"
+    assert seen == [True, True], "post_run sees the run dir, and the run report in it"
     assert not Path(process.run_dir).exists(), "collected and removed"
     assert result.success is (mode == "ok")
     if mode == "fail":

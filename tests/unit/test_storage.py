@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dlh_airflow_common.dbt import storage
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 
 
 def _run_dir(root: Path) -> tuple[Path, Path]:
@@ -65,6 +66,18 @@ def test_collect_artifacts_picks_the_documented_files(tmp_path: Path) -> None:
     full = storage.collect_artifacts(target, logs, compiled_sql=True, docs=True)
     assert [a.name for a in full][3:] == ["compiled/shop/models/m1.sql", "index.html"]
     assert [a.compress for a in full if a.name == "index.html"] == [False], "the docs page stays browsable"
+
+
+def test_the_run_report_is_uploaded_uncompressed_and_located(tmp_path: Path) -> None:
+    target, logs = _run_dir(tmp_path / "run")
+    (target / RUN_REPORT_FILE).write_text("<html>report</html>")
+    files = storage.collect_artifacts(target, logs)
+    assert [a.name for a in files] == ["manifest.json", "run_results.json", "run_report.html", "dbt.log"]
+    report = storage.upload_artifacts(tmp_path / "dest", "a/try_1", files, gzip_files=True)
+    page = tmp_path / "dest" / "a" / "try_1" / "run_report.html"
+    assert page.read_text() == "<html>report</html>", "a browser opens it directly: never gzipped"
+    assert report.report_location == page.as_uri() == report.to_xcom()["report_location"]
+    assert any("run report at" in line for line in storage.describe(report))
 
 
 def test_upload_to_local_object_storage_with_gzip(tmp_path: Path) -> None:

@@ -16,6 +16,28 @@ from dlh_airflow_common.dbt.run_dir import RunDir
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtExecutionTimeoutException, classify_dbt_error
 
 
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One dbt execution within a try (in-try retries make several): what ran and how it ended."""
+
+    number: int
+    command: str
+    success: bool
+    return_code: int
+    seconds: float
+    status_counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # "<exception type>: <message>", secret-free like the result's error
+
+    @classmethod
+    def of(cls, number: int, result: DbtTaskResult) -> AttemptRecord:
+        """The record of ``result`` taken as attempt ``number`` (before its summary is merged with others')."""
+        error = f"{type(result.error).__name__}: {result.error}" if result.error is not None else None
+        return cls(
+            number=number, command=result.command, success=result.success, return_code=result.return_code,
+            seconds=result.elapsed_seconds, status_counts=dict(result.summary.status_counts), error=error,
+        )  # fmt: skip
+
+
 @dataclass
 class DbtTaskResult:
     """Outcome of one dbt command: what ran, how it ended, its results and the classified error if any."""
@@ -32,6 +54,12 @@ class DbtTaskResult:
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
     run_results_copy: ArtifactCopy | None = field(default=None, repr=False, compare=False)
+    attempt_history: tuple[AttemptRecord, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def attempt_records(self) -> tuple[AttemptRecord, ...]:
+        """Every attempt of the try, first to last (a try without in-try retries has one)."""
+        return self.attempt_history or (AttemptRecord.of(self.attempts, self),)
 
     @property
     def wrote_node_results(self) -> bool:

@@ -42,10 +42,11 @@ from dlh_airflow_common.dbt.invocation import (
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.dbt.report import ProgressReporter, format_summary, replay_progress
-from dlh_airflow_common.dbt.result import DbtTaskResult, build_result
+from dlh_airflow_common.dbt.result import AttemptRecord, DbtTaskResult, build_result
 from dlh_airflow_common.dbt.retry import RetryPolicy, merge_summaries
 from dlh_airflow_common.dbt.run_dir import RunDir, create_run_dir, run_dir_name
 from dlh_airflow_common.dbt.run_dir_sweep import sweep_run_dirs
+from dlh_airflow_common.dbt.run_report import write_run_report
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtExecutionTimeoutException
 
 __all__ = ["PROFILE_DIR", "DbtRun", "PreparedRunProfile", "RunProfile", "RunSettings", "raise_or_return"]
@@ -94,6 +95,7 @@ class RunSettings:
     orphan_run_dir_age: float | None = 3600.0
     run_channel: str | None = None
     run_channel_conn_id: str | None = None
+    run_report: bool = True  # write run_report.html into the target path after the try
 
     def user_target(self, project_dir: Path) -> Path | None:
         """The user's ``target_path``, resolved as dbt does (relative to the project); None for the run dir's."""
@@ -175,7 +177,7 @@ class DbtRun:
             first = self._resume_command(command, run_dir)
             result = self.result = self._run_attempts(first, command, project, written, run_dir, policy)
             stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
-            self._conclude(result, run_dir, post_run, stopped=stopped, redact=Redactor.from_env(written.env))
+            self._conclude(result, run_dir, post_run, stopped=stopped, redactor=Redactor.from_env(written.env))
         finally:
             self._release(run_dir, self.result)
         return _attach_error(result)
@@ -269,7 +271,7 @@ class DbtRun:
                 reason = f"{result.error} " if result.error is not None else ""
                 result.error = DbtException(f"{reason}dbt (pid {dbt.pid}) was still running; its run dir is kept.")
             self._log_summary(result, command, run_dir)
-            self._conclude(result, run_dir, post_run, stopped=kind in ("timeout", "killed", "lost"), redact=redact)
+            self._conclude(result, run_dir, post_run, stopped=kind in ("timeout", "killed", "lost"), redactor=redact)
         finally:
             if event.get("stopped") is False:  # dbt may still be running on another host: leave its files
                 self.log.warning("Keeping %s: dbt could not be stopped from this host", run_dir.path)
@@ -361,11 +363,14 @@ class DbtRun:
         deadline = time.monotonic() + timeout if timeout else None
         retry_command = _retry_command(dbt_command)
         state: dict[str, Any] = {"command": first, "summary": None}
+        history: list[AttemptRecord] = []
 
         def attempt(number: int) -> DbtTaskResult:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = self._execute(state["command"], project, profile, run_dir, timeout=remaining)
             result.attempts = number
+            history.append(AttemptRecord.of(number, result))
+            result.attempt_history = tuple(history)
             # After partial progress, only the failed and skipped nodes are run again.
             if not result.success and result.wrote_node_results:
                 state["command"] = retry_command
@@ -459,17 +464,29 @@ class DbtRun:
         post_run: Callable[[DbtTaskResult], None] | None,
         *,
         stopped: bool,
-        redact: Redactor,
+        redactor: Redactor,
     ) -> None:
-        """Keep (secrets masked) or drop the retry_from_failure state, then let the caller use the run dir."""
+        """Keep (secrets masked) or drop the retry_from_failure state, write the run report, then let the caller
+        use the run dir (uploads, lineage)."""
         store = self._state_store()
         if store is not None:
             if result.success:
                 retry_state.clear(store, log=self.log)
             else:
-                retry_state.save(store, run_dir.target_path, complete=not stopped, redact=redact, log=self.log)
+                retry_state.save(store, run_dir.target_path, complete=not stopped, redact=redactor, log=self.log)
+        if self.settings.run_report:
+            self._write_report(result, run_dir, redactor)
         if post_run is not None:
             post_run(result)
+
+    def _write_report(self, result: DbtTaskResult, run_dir: RunDir, redactor: Redactor) -> None:
+        """Best effort: a report that cannot be written is a warning, never a failed task."""
+        try:
+            path = write_run_report(run_dir.target_path, result=result, log_path=run_dir.log_path, redactor=redactor)
+        except Exception as err:
+            self.log.warning("Could not write the dbt run report: %s", redactor(f"{type(err).__name__}: {err}"))
+            return
+        self.log.info("dbt run report: %s", path)
 
     def _release(self, run_dir: RunDir, result: DbtTaskResult | None) -> None:
         """Remove the run dir unless it is kept; ``artifact`` then reads the copies kept in memory."""

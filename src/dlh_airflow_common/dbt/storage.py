@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dlh_airflow_common.dbt.artifacts import CATALOG, MANIFEST, RUN_RESULTS, SOURCES
 from dlh_airflow_common.dbt.run_dir import sanitize
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -68,6 +69,7 @@ class UploadReport:
     relative_path: str
     files: list[UploadedFile] = field(default_factory=list)
     docs_location: str | None = None
+    report_location: str | None = None
     error: str | None = None
 
     @property
@@ -89,6 +91,8 @@ class UploadReport:
         }
         if self.docs_location:
             payload["docs_location"] = self.docs_location
+        if self.report_location:
+            payload["report_location"] = self.report_location
         if self.error:
             payload["error"] = self.error
         return payload
@@ -145,8 +149,11 @@ def collect_artifacts(
     compiled_sql: bool = False,
     docs: bool = False,
 ) -> list[LocalArtifact]:
-    """The files of one run worth keeping: the JSON artifacts, dbt.log, optionally compiled SQL and static docs."""
+    """The files of one run worth keeping: the JSON artifacts, the run report, dbt.log, optionally compiled SQL
+    and static docs."""
     found = [LocalArtifact(target_path / name, name) for name in ARTIFACT_FILES if (target_path / name).is_file()]
+    if (target_path / RUN_REPORT_FILE).is_file():  # a browser opens it directly, so it stays uncompressed
+        found.append(LocalArtifact(target_path / RUN_REPORT_FILE, RUN_REPORT_FILE, compress=False))
     if (log_path / LOG_FILE).is_file():
         found.append(LocalArtifact(log_path / LOG_FILE, LOG_FILE))
     compiled = target_path / COMPILED_DIR
@@ -213,6 +220,8 @@ def upload_artifacts(
         report.files.append(UploadedFile(name=name, raw_bytes=artifact.source.stat().st_size, stored_bytes=stored))
         if artifact.name == DOCS_INDEX:
             report.docs_location = display_uri(target)
+        elif artifact.name == RUN_REPORT_FILE:
+            report.report_location = display_uri(target)
     return report
 
 
@@ -230,4 +239,6 @@ def describe(report: UploadReport) -> Sequence[str]:
         lines.append(f"  {report.raw_bytes:,} bytes -> {report.stored_bytes:,} bytes stored ({saved:.0f}% smaller)")
     if report.docs_location:
         lines.append(f"  dbt docs published at {report.docs_location}")
+    if report.report_location:
+        lines.append(f"  dbt run report at {report.report_location}")
     return lines

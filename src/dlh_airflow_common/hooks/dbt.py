@@ -74,6 +74,9 @@ class DbtHook(BaseHook):
     :param orphan_run_dir_age: At the start of each run, remove run dirs under the same root whose task,
         runner and dbt are all gone on this host and that have been idle this many seconds (leftovers
         of killed tasks); ``None`` or 0 turns this off.
+    :param run_report: After each try, write ``run_report.html`` (timeline, node table, failures with their
+        compiled SQL) into the try's target path; it goes with the uploaded artifacts. Best effort: a report
+        that cannot be written is a warning.
     """
 
     conn_name_attr = "conn_id"
@@ -107,6 +110,7 @@ class DbtHook(BaseHook):
         orphan_run_dir_age: float | None = 3600.0,
         run_channel: str | None = None,
         run_channel_conn_id: str | None = None,
+        run_report: bool = True,
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
@@ -139,6 +143,7 @@ class DbtHook(BaseHook):
         self.orphan_run_dir_age = orphan_run_dir_age
         self.run_channel = run_channel or None
         self.run_channel_conn_id = run_channel_conn_id or None
+        self.run_report = run_report
         self._run: DbtRun | None = None  # the try in progress, else the last one that got a run dir
 
     @property
@@ -282,7 +287,7 @@ class DbtHook(BaseHook):
             caches=RunCaches(partial_parse=self.partial_parse_cache, deps=self.deps_cache, cache_dir=self.cache_dir,
                              venv_path=self.venv_path),
             orphan_run_dir_age=self.orphan_run_dir_age, run_channel=self.run_channel,
-            run_channel_conn_id=self.run_channel_conn_id,
+            run_channel_conn_id=self.run_channel_conn_id, run_report=self.run_report,
         )  # fmt: skip
 
     @contextmanager

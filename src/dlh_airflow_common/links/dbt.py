@@ -1,9 +1,11 @@
-"""``dbt Docs`` and ``dbt Artifacts`` buttons on a DbtOperator task, read from the summary the task pushed.
+"""``dbt Docs``, ``dbt Artifacts`` and ``dbt Run Report`` buttons on a DbtOperator task, read from the summary
+the task pushed.
 
 Airflow 3 computes a link on the worker when the task finishes (success or failure) and stores it in XCom
 under the link's ``xcom_key``; the UI then shows that stored value. So the URLs are worked out by the
-operator after its run (``docs_url`` / ``artifacts_url`` in the ``dbt_summary`` XCom) and the links only
-read them, falling back to the operator's configured URL. Unconfigured means an empty link, never an error.
+operator after its run (``docs_url`` / ``artifacts_url`` / ``report_url`` in the ``dbt_summary`` XCom) and the
+links only read them, falling back to the operator's configured URL. Unconfigured means an empty link, never an
+error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_XCOM_KEY = "dbt_summary"  # DbtOperator's XCOM_SUMMARY_KEY (a test keeps them equal)
 DOCS_URL_KEY = "docs_url"
 ARTIFACTS_URL_KEY = "artifacts_url"
+REPORT_URL_KEY = "report_url"
 _DEEP_LINK_TYPES = ("model.", "snapshot.", "seed.")
 
 
@@ -60,11 +63,12 @@ class _SummaryLink(BaseOperatorLink):
     """A link whose URL the task stored in its summary, else the operator's own setting, else empty."""
 
     summary_key: ClassVar[str]
-    operator_attribute: ClassVar[str]
+    operator_attribute: ClassVar[str | None] = None
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         stored = _summary(ti_key).get(self.summary_key)
-        return str(stored or getattr(operator, self.operator_attribute, None) or "")
+        configured = getattr(operator, self.operator_attribute, None) if self.operator_attribute else None
+        return str(stored or configured or "")
 
 
 class DbtDocsLink(_SummaryLink):
@@ -81,3 +85,10 @@ class DbtArtifactsLink(_SummaryLink):
     name = "dbt Artifacts"
     summary_key = ARTIFACTS_URL_KEY
     operator_attribute = "artifacts_url"
+
+
+class DbtRunReportLink(_SummaryLink):
+    """This try's uploaded ``run_report.html`` (through ``artifacts_url`` when set); empty without an upload."""
+
+    name = "dbt Run Report"
+    summary_key = REPORT_URL_KEY

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from dlh_airflow_common.dbt import metrics, storage
 from dlh_airflow_common.dbt.run_dir import RunDir
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
-from dlh_airflow_common.links.dbt import ARTIFACTS_URL_KEY, DOCS_URL_KEY, docs_url, first_model
+from dlh_airflow_common.links.dbt import ARTIFACTS_URL_KEY, DOCS_URL_KEY, REPORT_URL_KEY, docs_url, first_model
 
 if TYPE_CHECKING:
     from dlh_airflow_common.dbt.lineage import DbtLineage
     from dlh_airflow_common.hooks.dbt import DbtTaskResult
 
+logger = logging.getLogger(__name__)
 ARTIFACTS_KEY = "artifacts"
 # Commands whose results name nodes worth deep-linking to in the docs (not compile/docs/ls results).
 _BUILDING_COMMANDS = frozenset({"run", "build", "seed", "snapshot", "retry"})
@@ -108,8 +110,17 @@ def _conn_type(settings: ArtifactSettings) -> str | None:
     return str(BaseHook.get_connection(settings.conn_id).conn_type)
 
 
-def record_links(settings: ArtifactSettings, result: DbtTaskResult, report: storage.UploadReport | None) -> None:
-    """Put the ``dbt Docs`` and ``dbt Artifacts`` URLs into the summary the links read."""
+def record_links(
+    settings: ArtifactSettings,
+    result: DbtTaskResult,
+    report: storage.UploadReport | None,
+    who: RunIdentity | None = None,
+) -> None:
+    """Put the ``dbt Docs``, ``dbt Artifacts`` and ``dbt Run Report`` URLs into the summary the links read.
+
+    The run report links to the Airflow UI plugin's page when the plugin serves the uploaded report (it lies
+    under ``[dlh_dbt] artifacts_roots``): that page checks the user's access; otherwise to the upload itself.
+    """
     command = result.command.split()[0] if result.command else ""
     node = first_model(n.unique_id for n in result.summary.nodes) if command in _BUILDING_COMMANDS else None
     docs: str | None = None
@@ -125,10 +136,29 @@ def record_links(settings: ArtifactSettings, result: DbtTaskResult, report: stor
         artifacts = report.location
         if settings.base_url:
             artifacts = storage.relative_url(settings.base_url, report.relative_path) + "/"
+    report_url: str | None = None
+    if report is not None and report.report_location:
+        report_url = report.report_location
+        if settings.base_url:
+            report_url = storage.relative_url(settings.base_url, report.relative_path, RUN_REPORT_FILE)
+        if who is not None:
+            report_url = _plugin_report_url(report.report_location, who) or report_url
     if docs:
         result.extra[DOCS_URL_KEY] = docs
     if artifacts:
         result.extra[ARTIFACTS_URL_KEY] = artifacts
+    if report_url:
+        result.extra[REPORT_URL_KEY] = report_url
+
+
+def _plugin_report_url(location: str, who: RunIdentity) -> str | None:
+    try:
+        from dlh_airflow_common.plugins.dbt_ui import served_report_url
+
+        return served_report_url(location, who.dag_id, who.run_id, who.task_id, who.map_index, who.try_number)
+    except Exception as err:  # a link must never fail the task
+        logger.debug("No plugin page for the run report at %s: %s", location, err)
+        return None
 
 
 def openlineage_enabled() -> bool:
@@ -213,4 +243,4 @@ def emit_metrics(who: RunIdentity, result: DbtTaskResult, report: storage.Upload
     except Exception as err:
         log.warning("Could not send dbt metrics: %s", err)
         return
-    logging.getLogger(__name__).debug("Sent %d dbt metrics", sent)
+    logger.debug("Sent %d dbt metrics", sent)

@@ -19,7 +19,7 @@ from dlh_airflow_common.dbt.retry_state import resume_state_dir, resume_state_ur
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
 from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, GENERATED_TARGET_NAME
-from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink
+from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink, DbtRunReportLink
 from dlh_airflow_common.operators import after_run
 from dlh_airflow_common.settings import configured, configured_seconds
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
@@ -121,6 +121,10 @@ class DbtOperator(BaseOperator):
     :param run_channel_conn_id: Airflow connection for ``run_channel``; default ``[dlh_dbt] run_channel_conn_id``.
     :param orphan_run_dir_age: Seconds after which a run dir left by a killed task (its task, runner and
         dbt all gone on this host) is removed by the next run under the same root; ``None`` turns it off.
+    :param run_report: Write the try's run report, ``run_report.html`` (timeline by thread, sortable node
+        table, failures and warnings with their compiled SQL, slowest nodes, attempts), into its target dir;
+        uploaded with the artifacts, where the "dbt Run Report" link points. Best effort: a report that cannot
+        be written is a warning in the task log. See docs/ui.md.
     :param kwargs: Every ``BaseOperator`` argument (``retries``, ``retry_delay``, ``pool``, ...).
     """
 
@@ -139,7 +143,7 @@ class DbtOperator(BaseOperator):
     template_fields_renderers = {"dbt_vars": "json", "env_vars": "json"}
     ui_color = "#ff694a"
     ui_fgcolor = "#ffffff"
-    operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
+    operator_extra_links = (DbtDocsLink(), DbtArtifactsLink(), DbtRunReportLink())
 
     def __init__(
         self,
@@ -183,6 +187,7 @@ class DbtOperator(BaseOperator):
         orphan_run_dir_age: float | None = 3600.0,
         run_channel: str | None = None,
         run_channel_conn_id: str | None = None,
+        run_report: bool = True,
         **kwargs: Any,
     ) -> None:
         timeout = as_timedelta(execution_timeout)
@@ -228,6 +233,7 @@ class DbtOperator(BaseOperator):
         self.orphan_run_dir_age = orphan_run_dir_age
         self.run_channel = run_channel
         self.run_channel_conn_id = run_channel_conn_id
+        self.run_report = run_report
         self._artifact_settings().validate()
         self._lineage: DbtLineage | None = None
 
@@ -252,6 +258,7 @@ class DbtOperator(BaseOperator):
             orphan_run_dir_age=self.orphan_run_dir_age,
             run_channel=self.run_channel or configured("run_channel"),
             run_channel_conn_id=self.run_channel_conn_id or configured("run_channel_conn_id"),
+            run_report=self.run_report,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -325,7 +332,7 @@ class DbtOperator(BaseOperator):
         who = after_run.RunIdentity.from_context(context)
         settings = self._artifact_settings()
         report = after_run.upload(settings, who, result, self.log) if settings.upload else None
-        after_run.record_links(settings, result, report)
+        after_run.record_links(settings, result, report, who)
         generated = bool(self.conn_id)  # the hook generated the profile: its profile and target names
         self._lineage = after_run.lineage(
             result,

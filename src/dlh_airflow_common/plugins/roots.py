@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlh_airflow_common.dbt import storage
+from dlh_airflow_common.dbt.run_report import RUN_REPORT_FILE
 from dlh_airflow_common.settings import SECTION, configured
 
 ROOTS_OPTION = "artifacts_roots"
 DOCS_OPTION = "docs_location"
-REPORT_FILE = "run_report.html"
+REPORT_FILE = RUN_REPORT_FILE
 # Airflow's own id patterns (dag/task ids: KEY_REGEX; run ids: [scheduler] allowed_run_id_pattern's default).
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]{1,250}$")
