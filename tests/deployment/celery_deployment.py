@@ -185,6 +185,25 @@ class CeleryDeployment(AirflowDeployment):
 
         wait_until(beat, limit, "a heartbeat of the restarted triggerer", interval=0.5)
 
+    def consume(self, worker: str, queue: str, *, stop: bool = False) -> None:
+        """Worker ``worker`` starts (``stop``: stops) taking workloads from the Celery queue ``queue`` (a task's
+        ``queue=``), through Celery's remote control on the broker; returns once the worker confirmed. Workers
+        start on the default queue only; a test that adds one removes it again."""
+        from celery import Celery
+
+        app = Celery(broker=self.redis.url)
+        try:
+            act = app.control.cancel_consumer if stop else app.control.add_consumer
+            replies = act(queue, destination=[f"celery@{worker}"], reply=True, timeout=15)
+            if not replies:
+                raise DeploymentError(f"celery@{worker} did not confirm {'stop' if stop else 'start'} of {queue!r}")
+            active = app.control.inspect(destination=[f"celery@{worker}"], timeout=15).active_queues() or {}
+        finally:
+            app.close()
+        names = {q.get("name") for q in active.get(f"celery@{worker}", [])}
+        if (queue in names) == stop:
+            raise DeploymentError(f"celery@{worker} consumes {sorted(map(str, names))}, asked to {stop=} {queue!r}")
+
     def hosts_that_ran(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
         """Every worker host that was handed a workload of this task try (``execute``, then each resume), by the
         order in which they got them: what each Celery worker's own log says."""
