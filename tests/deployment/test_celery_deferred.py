@@ -10,13 +10,14 @@ timeout (``[dlh_dbt]`` options), so ``lost`` comes within 20 s plus one poll.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import time
 from collections.abc import Mapping
 
 import pytest
-from airflow_deployment import wait_until
+from airflow_deployment import DeploymentError, wait_until
 from celery_deployment import CHANNEL_CONN_ID, TRIGGERER_HOST, WORKERS, CeleryDeployment
 
 from pg_faults import AUDIT, builds, dbt_processes, sleeping_queries, sql
@@ -244,9 +245,10 @@ def test_twenty_concurrent_deferred_tasks_across_both_workers_each_get_their_own
         wait_until(all_ended, 900, "all 20 tasks to end", interval=2)
         took = time.monotonic() - started
     finally:
-        for task_id, hosts in HANDOFFS.items():
+        for task_id, hosts in HANDOFFS.items():  # harmless if left (no other task uses them): never mask a failure
             for worker in hosts:
-                celery_deployment.consume(worker, f"handoff_{task_id}", stop=True)
+                with contextlib.suppress(DeploymentError):
+                    celery_deployment.consume(worker, f"handoff_{task_id}", stop=True)
     print(f"\n20 deferred tasks: {took:.0f}s from trigger to the last end; at most {runners_seen} runners at once")
 
     ran = {task_id: celery_deployment.hosts_that_ran(dag_id, run_id, task_id) for task_id in tasks}
