@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import json
@@ -14,6 +15,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from fsspec.asyn import AsyncFileSystem
 
 import dlh_airflow_common.dbt.channel as channel_module
 from dlh_airflow_common.dbt.channel import (
@@ -235,6 +237,50 @@ def test_local_store_of_a_missing_dir_reads_nothing(tmp_path: Path) -> None:
     assert LocalStore(tmp_path / "missing").read(STATUS_FILE) is None
 
 
+class _AsyncObjects(AsyncFileSystem):
+    """An async fsspec file system (as s3fs): its ``_cat_file`` runs on fsspec's IO loop, recorded per call."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        super().__init__(asynchronous=False)
+        self.objects = objects
+        self.calls: list[tuple[str, int | None, bool]] = []
+
+    async def _cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                        max_concurrency: int | None = None) -> bytes:  # fmt: skip
+        self.calls.append((path, max_concurrency, asyncio.get_running_loop() is self.loop))
+        try:
+            return self.objects[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+
+async def test_async_read_of_an_async_file_system_is_awaited_on_its_own_loop_not_in_a_thread() -> None:
+    fs = _AsyncObjects({f"bucket/run_a/{STATUS_FILE}": b'{"state": "running"}'})
+    store = ObjectStore(fs, "bucket/run_a")
+    assert await store.aread(STATUS_FILE) == b'{"state": "running"}'
+    assert await store.aread(CANCEL_FILE) is None, "a missing object is no document, as for read()"
+    assert fs.calls == [(f"bucket/run_a/{STATUS_FILE}", 1, True), (f"bucket/run_a/{CANCEL_FILE}", 1, True)]
+    assert asyncio.get_running_loop() is not fs.loop, "the caller's loop only awaited the IO loop's future"
+
+
+async def test_async_read_of_a_sync_store_takes_a_worker_thread(tmp_path: Path, memory_store: ObjectStore) -> None:
+    memory_store.write(STATUS_FILE, b"{}")
+    assert await memory_store.aread(STATUS_FILE) == b"{}"
+    local = LocalStore(tmp_path)
+    local.write(STATUS_FILE, b"[]")
+    assert await local.aread(STATUS_FILE) == b"[]" and await local.aread(CANCEL_FILE) is None
+
+
+async def test_reader_status_bytes_opens_the_store_once_and_returns_the_published_document(tmp_path: Path) -> None:
+    spec = ChannelSpec.for_run(tmp_path / "run_b", f"file://{tmp_path}/channel")
+    assert await ChannelReader(spec).status_bytes() is None, "nothing published yet"
+    writer = ChannelWriter(spec, command="build")
+    writer.heartbeat()
+    reader = ChannelReader(spec)
+    data = await reader.status_bytes()
+    assert RunStatus.from_bytes(data) is not None and RunStatus.from_bytes(data).beat == 1  # type: ignore[union-attr]
+
+
 # -- transient store errors: retried (bounded), anything else raised at once -----------------------------------
 
 
@@ -346,7 +392,7 @@ def test_store_retries_are_bounded_and_end_with_the_last_error() -> None:
     single = _FailingFs(_server_error())
     with pytest.raises(OSError):
         ObjectStore(single, "bucket/run_x", attempts=1).read(STATUS_FILE)
-    assert len(single.calls) == 1, "a poller that reads again anyway tries once"
+    assert len(single.calls) == 1
 
 
 @pytest.mark.usefixtures("no_backoff")

@@ -918,11 +918,11 @@ class _FlakyReads:
     def __init__(self, store: ChannelStore) -> None:
         self.store, self.reads = store, 0
 
-    def read(self, name: str) -> bytes | None:
+    async def aread(self, name: str) -> bytes | None:
         self.reads += 1
         if self.reads % 2:
             raise ConnectionError("connection reset by the store")
-        return self.store.read(name)
+        return await self.store.aread(name)
 
 
 async def test_failed_reads_neither_keep_a_dead_runner_alive_nor_count_as_its_silence(tmp_path: Path) -> None:

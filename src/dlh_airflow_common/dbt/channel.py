@@ -11,6 +11,7 @@ Nothing secret is ever written here: the store's credentials reach the runner on
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import inspect
@@ -236,6 +237,10 @@ class ChannelStore(Protocol):
 
     def read(self, name: str) -> bytes | None: ...
 
+    async def aread(self, name: str) -> bytes | None:
+        """``read`` for an event loop: never blocks it, and holds no executor thread while the store answers."""
+        ...
+
     def write(self, name: str, data: bytes) -> None: ...
 
     def remove(self) -> None: ...
@@ -254,6 +259,9 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    async def aread(self, name: str) -> bytes | None:
+        return await asyncio.to_thread(self.read, name)
+
     def write(self, name: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.root / name, data)
@@ -266,7 +274,8 @@ class LocalStore:
 
 class ObjectStore:
     """Documents as objects under one prefix of an fsspec file system: one request per read or write, tried
-    again up to ``attempts`` times in all on a transient error (``is_transient``)."""
+    up to ``attempts`` times in all on a transient error (``is_transient``). ``aread`` (the trigger's poll)
+    tries once on an async file system: the next poll is its retry."""
 
     def __init__(self, fs: Any, root: str, *, attempts: int = STORE_ATTEMPTS) -> None:
         self.fs = fs
@@ -283,6 +292,18 @@ class ObjectStore:
         except FileNotFoundError:
             return None
 
+    async def aread(self, name: str) -> bytes | None:
+        """An async file system's own coroutine, awaited on its IO loop (s3fs, gcsfs, adlfs): the request then
+        waits in that loop, not in an executor thread; any other file system reads in a worker thread."""
+        loop = getattr(self.fs, "loop", None) if getattr(self.fs, "async_impl", False) else None
+        if loop is None:
+            return await asyncio.to_thread(self.read, name)
+        coroutine = self.fs._cat_file(f"{self.root}/{name}", **self._read_options)
+        try:
+            return bytes(await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop)))
+        except FileNotFoundError:
+            return None
+
     @_retried
     def write(self, name: str, data: bytes) -> None:
         self.fs.pipe_file(f"{self.root}/{name}", data)
@@ -295,9 +316,8 @@ class ObjectStore:
             return
 
 
-def open_store(spec: ChannelSpec, *, attempts: int = STORE_ATTEMPTS) -> ChannelStore:
-    """The store of ``spec``: its run dir, or its URL through ``ObjectStoragePath`` and the connection (each
-    request tried up to ``attempts`` times on a transient error)."""
+def open_store(spec: ChannelSpec) -> ChannelStore:
+    """The store of ``spec``: its run dir, or its URL through ``ObjectStoragePath`` and the connection."""
     if spec.url is None:
         return LocalStore(Path(spec.run_dir))
     from airflow.sdk import ObjectStoragePath  # only remote channels pay for this import
@@ -306,7 +326,7 @@ def open_store(spec: ChannelSpec, *, attempts: int = STORE_ATTEMPTS) -> ChannelS
     fs = path.fs
     if set(_protocols(fs)) & _LOCAL_PROTOCOLS:
         return LocalStore(Path(path.path), owned=True)  # a shared volume: keep the atomic rename
-    return ObjectStore(fs, path.path, attempts=attempts)
+    return ObjectStore(fs, path.path)
 
 
 def _accepts(function: Any, name: str) -> bool:
@@ -380,26 +400,27 @@ class ChannelWriter:
 
 
 class ChannelReader:
-    """The reader API (trigger, ``execute_complete``, the sweep): one read per status, artifacts once.
+    """The reader API (trigger, ``execute_complete``, the sweep): one read per status, artifacts once."""
 
-    ``attempts`` bounds the tries of each remote request on a transient error; a poller that reads again
-    anyway (the trigger) passes 1.
-    """
-
-    def __init__(self, spec: ChannelSpec, *, store: ChannelStore | None = None, attempts: int = STORE_ATTEMPTS) -> None:
+    def __init__(self, spec: ChannelSpec, *, store: ChannelStore | None = None) -> None:
         self.spec = spec
         self._store = store
-        self.attempts = attempts
 
     @property
     def store(self) -> ChannelStore:
         if self._store is None:
-            self._store = open_store(self.spec, attempts=self.attempts)
+            self._store = open_store(self.spec)
         return self._store
 
     def status(self) -> RunStatus | None:
         """The run's latest status (one read); None before the runner published one."""
         return RunStatus.from_bytes(self.store.read(STATUS_FILE))
+
+    async def status_bytes(self) -> bytes | None:
+        """The status document as published, read without blocking the loop (``RunStatus.from_bytes`` decodes
+        it); the store's client is built in a worker thread on first use."""
+        store = self._store if self._store is not None else await asyncio.to_thread(lambda: self.store)
+        return await store.aread(STATUS_FILE)
 
     def request_cancel(self, reason: str) -> None:
         """Ask the runner to stop dbt (SIGINT, its grace period, then SIGKILL) and to record that it did."""

@@ -61,18 +61,18 @@ def on_kill_timeout() -> float:
 class DbtExecutionTrigger(BaseTrigger):
     """Yields one event for a detached dbt run: ``success``, ``error``, ``timeout`` or ``lost``.
 
-    Every poll is one read of the run channel's status (in a worker thread), which also carries the node
-    results to log; the first poll comes at a random phase of ``poll_interval``, so many triggers do not
-    poll in step. With a remote ``channel`` (an object store) the trigger never touches the worker's files
-    or processes: the runner is alive while its heartbeat moves (``lost`` once it has not moved for
-    ``heartbeat_timeout`` seconds), and the deadline and ``on_kill`` write a cancel request that the runner
-    obeys (SIGINT, grace period, SIGKILL) and confirms in its final status. With the local channel:
-    ``deadline`` (epoch seconds) stops dbt gracefully: SIGINT to its process group, ``grace_period``
-    seconds, then SIGKILL. ``on_kill`` (a user marked or cleared the task) stops it the same way and then
-    removes the run dir (``execute_complete`` never runs after a kill) unless ``keep_run_dir``. A runner
-    that died without a status is ``lost``; dbt, if it outlived it, is stopped first. ``cleanup`` never
-    stops or removes anything, so a triggerer restart leaves dbt running and the re-created trigger
-    keeps watching.
+    Every poll is one read of the run channel's status, which also carries the node results to log (a local read
+    in a worker thread; an object store's awaited on its client's own IO loop, holding no thread); the first
+    poll comes at a random phase of ``poll_interval``, so many triggers do not poll in step. With a remote
+    ``channel`` (an object store) the trigger never touches the worker's files or processes: the runner is alive
+    while its heartbeat moves (``lost`` once it has not moved for ``heartbeat_timeout`` seconds), and the
+    deadline and ``on_kill`` write a cancel request that the runner obeys (SIGINT, grace period, SIGKILL) and
+    confirms in its final status. With the local channel: ``deadline`` (epoch seconds) stops dbt gracefully:
+    SIGINT to its process group, ``grace_period`` seconds, then SIGKILL. ``on_kill`` (a user marked or cleared
+    the task) stops it the same way and then removes the run dir (``execute_complete`` never runs after a kill)
+    unless ``keep_run_dir``. A runner that died without a status is ``lost``; dbt, if it outlived it, is stopped
+    first. ``cleanup`` never stops or removes anything, so a triggerer restart leaves dbt running and the
+    re-created trigger keeps watching.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class DbtExecutionTrigger(BaseTrigger):
         self.keep_run_dir = keep_run_dir
         self.channel = ChannelSpec.from_dict(channel) or ChannelSpec(run_dir)
         self.heartbeat_timeout = heartbeat_timeout
-        self._reader = ChannelReader(self.channel, attempts=1)  # polls: the next poll is the retry
+        self._reader = ChannelReader(self.channel)
         self._seq = 0
         self._beat: tuple[int, float] | None = None  # the last heartbeat seen, and when (monotonic)
         self._unread_since: float | None = None  # the remote channel has been unreadable since (monotonic)
@@ -208,7 +208,10 @@ class DbtExecutionTrigger(BaseTrigger):
 
     def _status(self, reporter: ProgressReporter) -> RunStatus | None:
         """The channel's status (one read, in a worker thread); logs the node results not logged yet."""
-        status = self._reader.status()
+        return self._take(self._reader.status(), reporter)
+
+    def _take(self, status: RunStatus | None, reporter: ProgressReporter) -> RunStatus | None:
+        """Log the node results of ``status`` not logged yet (logging may block: call in a worker thread)."""
         if status is not None:
             nodes, missed = status.nodes_after(self._seq)
             if missed:
@@ -229,7 +232,7 @@ class DbtExecutionTrigger(BaseTrigger):
     # -- remote channel: heartbeat, cancel requests -------------------------------------------------
     async def _watch_remote(self, reporter: ProgressReporter) -> AsyncIterator[TriggerEvent]:
         while True:
-            read, status = await asyncio.to_thread(self._remote_status, reporter)
+            read, status = await self._remote_status(reporter)
             if status is not None and status.finished:
                 yield self._finished(status)
                 return
@@ -253,13 +256,15 @@ class DbtExecutionTrigger(BaseTrigger):
                 return
             await asyncio.sleep(self.poll_interval)
 
-    def _remote_status(self, reporter: ProgressReporter) -> tuple[bool, RunStatus | None]:
-        """Whether the channel could be read, and the status it holds (None before the runner published one)."""
+    async def _remote_status(self, reporter: ProgressReporter) -> tuple[bool, RunStatus | None]:
+        """Whether the channel could be read, and its status (None before the runner published one): one read,
+        awaited on the store's own IO loop; decoding and logging take one short hop."""
         try:
-            return True, self._status(reporter)
+            data = await self._reader.status_bytes()
         except Exception as err:  # the store is unreachable for now: not a sign of the runner's death
             self.log.warning("Could not read the run channel %s: %s", self.channel.url, err)
             return False, None
+        return True, await asyncio.to_thread(lambda: self._take(RunStatus.from_bytes(data), reporter))
 
     def _silent_for(self, status: RunStatus | None, *, read: bool = True) -> float:
         """Seconds the heartbeat has not moved while the channel was readable, on this triggerer's clock (the
@@ -282,13 +287,13 @@ class DbtExecutionTrigger(BaseTrigger):
 
     async def _cancel_remote(self, reason: str, wait: float) -> RunStatus | None:
         """Write the cancel request, then wait (without blocking the loop) for the runner's final status."""
-        await asyncio.to_thread(ChannelReader(self.channel).request_cancel, reason)  # retried, unlike a poll
+        await asyncio.to_thread(self._reader.request_cancel, reason)  # retried (channel.py), unlike a poll
         self.log.info("Asked the dbt runner on %s to stop (%s) through %s", self.host, reason, self.channel.url)
         end = time.monotonic() + wait
         while time.monotonic() < end:
             await asyncio.sleep(min(_STOP_POLL_SECONDS * 5, max(0.0, end - time.monotonic())))
             try:
-                status = await asyncio.to_thread(self._reader.status)
+                status = RunStatus.from_bytes(await self._reader.status_bytes())
             except Exception as err:
                 self.log.warning("Could not read the run channel %s: %s", self.channel.url, err)
                 continue
@@ -388,7 +393,7 @@ class DbtExecutionTrigger(BaseTrigger):
             self.log.warning("dbt on %s did not confirm the stop within %.0fs; keeping %s", self.host, wait,
                              self.channel.url)  # fmt: skip
         elif not self.keep_run_dir:
-            await asyncio.to_thread(ChannelReader(self.channel).remove)  # retried, unlike a poll
+            await asyncio.to_thread(self._reader.remove)
             self.log.info("Removed the run channel %s (the task was killed)", self.channel.url)
 
     async def _remove_once_ended(self) -> None:
