@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := adapters,s3,openlineage,statsd,dev
 # Debian packages the tests need, as CHECK_PATH:PACKAGE (scripts/system_packages.sh installs them as root).
-TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin/redis-server:redis-server
+TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin/redis-server:redis-server \
+	/usr/bin/chromium:chromium
 # Every test run ends with its 25 slowest tests; `make test PYTEST_ARGS=...` adds options (a later --durations wins).
 override PYTEST_ARGS := --durations=25 $(PYTEST_ARGS)
 
@@ -25,8 +26,10 @@ system-packages:
 demo: install
 	@bash examples/demo.sh
 
+# The unit and integration tiers run in TEST_WORKERS parallel workers, then the deployment tier alone.
+TEST_WORKERS ?= 3
 test: install system-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash scripts/run_tests.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts examples bench

@@ -7,6 +7,7 @@ build is recorded in ``fault_audit.builds`` so tests can tell from the database 
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from collections.abc import Callable
@@ -96,16 +97,38 @@ def wait_for(condition: Callable[[], bool], limit: float, what: str) -> float:
 
 
 def dbt_processes(marker: str) -> list[str]:
-    """Command lines of live processes (zombies included) that run dbt on the given project."""
-    found = []
+    """Command lines of live processes that run dbt on the given project, and dbt zombies of this test process.
+
+    A zombie has no command line left, so it is counted only when it descends from this process: tests running
+    in parallel (pytest-xdist) must not see each other's short-lived zombies.
+    """
+    found, parents, zombies = [], {}, []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            comm = (entry / "comm").read_text()
         except OSError:
             continue
-        if (marker in args and "dbt" in args) or (state == "Z" and "dbt" in (entry / "comm").read_text()):
+        state, parents[int(entry.name)] = fields[0], int(fields[1])
+        if marker in args and "dbt" in args:
             found.append(f"{entry.name} {state} {args}")
+        elif state == "Z" and "dbt" in comm:
+            zombies.append(int(entry.name))
+    ours = _descendants(os.getpid(), parents)
+    return found + [f"{pid} Z (zombie dbt)" for pid in zombies if pid in ours]
+
+
+def _descendants(root: int, parents: dict[int, int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
     return found

@@ -343,6 +343,11 @@ class AirflowDeployment:
         self.stop()
 
     # ------------------------------------------------------------------ REST API
+    @property
+    def admin_login(self) -> tuple[str, str]:
+        """The admin's user name and password, for a login through the UI."""
+        return _ADMIN, self._password
+
     def token(self) -> str:
         """A JWT for the admin user (``POST /auth/token``, simple auth manager)."""
         if self._token is None:

@@ -11,10 +11,12 @@ the PostgreSQL fault project (``AIRFLOW_CONN_FAULT_PG``) on the same server as t
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,7 @@ class Projects:
     shop_runs: Path
     faults: Path
     faults_runs: Path
+    artifacts: Path  # the UI plugin's [dlh_dbt] artifacts_roots: uploads under it are served in the UI
     duckdb_conn: str = DUCKDB_CONN_ID
     pg_conn: str = PG_CONN_ID
 
@@ -89,8 +92,8 @@ def projects(tmp_path_factory: pytest.TempPathFactory, deploy_pg: PostgresServer
     shop = root / "shop"
     shutil.copytree(EXAMPLE_PROJECT, shop, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
     faults = make_fault_project(root, deploy_pg)
-    found = Projects(root, shop, root / "shop_runs", faults, root / "faults_runs")
-    for runs in (found.shop_runs, found.faults_runs):
+    found = Projects(root, shop, root / "shop_runs", faults, root / "faults_runs", root / "artifacts")
+    for runs in (found.shop_runs, found.faults_runs, found.artifacts):
         runs.mkdir()
     return found
 
@@ -131,21 +134,46 @@ def deployments() -> Iterator[OneAtATime]:
 
 
 def _connections(deploy_pg: PostgresServer, projects: Projects) -> dict[str, str]:
+    """The services' connections, and the artifact root the UI plugin reads."""
     return {
         f"AIRFLOW_CONN_{DUCKDB_CONN_ID.upper()}": json.dumps(
             {"conn_type": "duckdb", "host": str(projects.shop.parent / "shop.duckdb")}
         ),
         f"AIRFLOW_CONN_{PG_CONN_ID.upper()}": fault_conn(deploy_pg),
+        "AIRFLOW__DLH_DBT__ARTIFACTS_ROOTS": projects.artifacts.as_uri(),
     }
+
+
+def plugin_entry_points(root: Path) -> list[Path]:
+    """A metadata-only distribution with pyproject.toml's ``airflow.plugins`` entry points, for the services.
+
+    Only when the installed (editable) metadata predates them: ``make install`` reinstalls after pyproject.toml
+    changes, a checkout tested with an older install would otherwise start the api-server without the plugin.
+    """
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["airflow.plugins"]
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="airflow.plugins")}
+    if set(declared) <= installed:
+        return []
+    info = root / "plugin-metadata" / "dlh_airflow_common_plugins_under_test-0.0.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: dlh-airflow-common-plugins-under-test\nVersion: 0.0.0\n"
+    )
+    (info / "entry_points.txt").write_text("[airflow.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
+    return [info.parent]
+
+
+def local_deployment(deployments: OneAtATime, deploy_pg: PostgresServer, projects: Projects) -> AirflowDeployment:
+    """The LocalExecutor deployment, started on first use (for module-scoped fixtures too)."""
+    env = _connections(deploy_pg, projects)
+    pythonpath = [REPO_ROOT / "src", *plugin_entry_points(projects.root)]
+    return deployments.get("local", lambda: AirflowDeployment(deploy_pg, env=env, pythonpath=pythonpath).start())
 
 
 @pytest.fixture
 def deployment(deployments: OneAtATime, deploy_pg: PostgresServer, projects: Projects) -> AirflowDeployment:
     """api-server, scheduler (LocalExecutor), dag-processor and triggerer, all on this machine."""
-    env = _connections(deploy_pg, projects)
-    return deployments.get(
-        "local", lambda: AirflowDeployment(deploy_pg, env=env, pythonpath=[REPO_ROOT / "src"]).start()
-    )
+    return local_deployment(deployments, deploy_pg, projects)
 
 
 @pytest.fixture(scope="package")
@@ -177,7 +205,8 @@ def celery_deployment(
     }
 
     def start() -> CeleryDeployment:
-        return CeleryDeployment(deploy_pg, redis_server, s3=s3_server, env=env, pythonpath=[REPO_ROOT / "src"]).start()
+        pythonpath = [REPO_ROOT / "src", *plugin_entry_points(projects.root)]
+        return CeleryDeployment(deploy_pg, redis_server, s3=s3_server, env=env, pythonpath=pythonpath).start()
 
     running = deployments.get("celery", start)
     assert isinstance(running, CeleryDeployment)

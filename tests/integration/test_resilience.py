@@ -263,7 +263,7 @@ def test_killed_try_is_resumed_without_rebuilding_finished_models(
 
     helper = threading.Thread(target=shorten_sleep_for_next_try, daemon=True)
     helper.start()
-    extra = "execution_timeout=15, retries=1, retry_delay=timedelta(seconds=0), retry_from_failure=True"
+    extra = "execution_timeout=30, retries=1, retry_delay=timedelta(seconds=0), retry_from_failure=True"
     dag_file = tmp_path / "dbt_resume.py"
     dag_file.write_text(ON_KILL_DAG.format(dag_id="dbt_resume", project=str(fault_project), extra=extra))
     run = run_dag_file(dag_file, airflow_db / "dags", "dbt_resume")

@@ -273,7 +273,12 @@ OPERATOR_DAG = textwrap.dedent(
 # What the operator adds to the hook (XCom, Airflow's task log, the deferred path) is the same whichever program
 # streams dbt's events: the venv's CLI runs every case in the hook test above. Deferred runs report through the
 # run dir or through a remote channel (S3), whose objects are scanned too.
-OPERATOR_MODES = {**READING_MODES, "deferrable": {"deferrable": True}, "deferrable-s3": {"deferrable": True}}
+# The S3 mode also keeps retry_from_failure state in the bucket (a failed try's run_results), scanned likewise.
+OPERATOR_MODES = {
+    **READING_MODES,
+    "deferrable": {"deferrable": True},
+    "deferrable-s3": {"deferrable": True, "retry_from_failure": True},
+}
 CHANNEL_CONN = "leak_channel"
 
 
@@ -339,8 +344,12 @@ def test_operator_under_dag_test_leaks_nothing(
     xcoms = {f"{task}/{key}": value for (task, key), value in run.xcoms.items()}
     assert xcoms, "the operator pushed its summary"
     texts = [*lines, out, err, json.dumps(xcoms, default=str)]
-    if mode == "deferrable-s3":  # kept (keep_target_artifacts): status, cancel request, artifacts
-        assert _scan_channel(request.getfixturevalue("s3_server"), f"leaks/{dag_id}", evidence) >= 2
+    if mode == "deferrable-s3":  # kept (keep_target_artifacts): status, cancel request, artifacts, resume state
+        s3_server = request.getfixturevalue("s3_server")
+        assert _scan_channel(s3_server, f"leaks/{dag_id}", evidence) >= 2
+        kept_state = s3_server.list_objects(f"leaks/{dag_id}/.dlh_state/")
+        if case != "wrong_password":  # a failed model's run_results are kept for the next try, and scanned
+            assert bool(kept_state) is (case == "failing_model"), kept_state
     _check(f"operator/{mode}/{case}", evidence, texts, private_tmp, runs, deferred=mode.startswith("deferrable"))
 
 

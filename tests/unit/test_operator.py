@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
+from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.operators.dbt import DbtOperator, as_timedelta, refuse_local_channel_on_kubernetes
+from tests.unit.conftest import MemoryState
 
 
 @pytest.mark.parametrize("executor", ["KubernetesExecutor", "airflow.providers.cncf.kubernetes.KubernetesExecutor"])
@@ -46,3 +52,43 @@ def test_execution_timeout_accepts_seconds() -> None:
     assert as_timedelta(90).total_seconds() == 90
     with pytest.raises(ValueError, match="positive number of seconds"):
         as_timedelta(0)
+
+
+def _context(try_number: int) -> Any:
+    ti = SimpleNamespace(dag_id="my/dag", task_id="dbt", map_index=-1, try_number=try_number)
+    return {"ti": ti, "run_id": "manual__2025-01-01T00:00:00+00:00"}
+
+
+def test_resume_state_lives_beside_the_run_dirs_without_a_channel(tmp_path: Path) -> None:
+    operator = DbtOperator(task_id="t", dbt_project_dir="/nowhere", run_dir_root=str(tmp_path), retry_from_failure=True)
+    state = operator._resume_state(_context(2))
+    assert state == str(tmp_path / ".dlh_state" / "my_dag" / "dbt" / "manual__2025-01-01T00_00_00_00_00" / "map-1")
+    (Path(state) / "run_results.json").parent.mkdir(parents=True)
+    (Path(state) / "run_results.json").write_text("{}")
+    assert operator._resume_state(_context(1)) == state and not Path(state).exists(), "a first try starts clean"
+
+
+def test_resume_state_lives_under_the_run_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_state: MemoryState
+) -> None:
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__RUN_CHANNEL", "s3://bucket/runs/")
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__RUN_CHANNEL_CONN_ID", "aws")
+    operator = DbtOperator(task_id="t", dbt_project_dir="/nowhere", run_dir_root=str(tmp_path), retry_from_failure=True)
+    url = "s3://bucket/runs/.dlh_state/my_dag/dbt/manual__2025-01-01T00_00_00_00_00/map-1"
+    assert operator._resume_state(_context(2)) == url and memory_state.opened == [], "a later try only names it"
+    memory_state.fs.pipe_file(memory_state.path(url) + "/run_results.json", b"{}")
+    assert operator._resume_state(_context(1)) == url
+    assert memory_state.opened == [(url, "aws")], "a first try clears leftovers, through the channel's connection"
+    assert not memory_state.fs.exists(memory_state.path(url))
+    assert not (tmp_path / ".dlh_state").exists(), "nothing on the worker"
+
+
+def test_a_first_try_keeps_no_state_when_leftovers_cannot_be_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(url: str, conn_id: str | None) -> Any:
+        raise ConnectionError("endpoint unreachable")
+
+    monkeypatch.setattr(retry_state, "open_url", unreachable)
+    operator = DbtOperator(
+        task_id="t", dbt_project_dir="/nowhere", run_channel="s3://bucket/runs", retry_from_failure=True
+    )
+    assert operator._resume_state(_context(1)) is None, "leftovers it could not remove are never resumed"

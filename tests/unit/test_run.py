@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.project import DbtProject, load_project
@@ -20,6 +22,7 @@ from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException
 from dlh_airflow_common.hooks.dbt_profile_source import PreparedProfile, Profile
 from fake_dbt_venv import fake_dbt_calls, fake_dbt_venv
+from tests.unit.conftest import MemoryState
 
 WAIT_SECONDS = 60.0
 
@@ -137,6 +140,78 @@ def test_a_failed_try_keeps_its_resume_state_and_the_next_try_resumes_with_dbt_r
     assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["run", "retry"]
     assert resumed.success and any("dbt retry" in line for line in log.lines)
     assert not (state / "run_results.json").exists(), "a successful try drops the state"
+
+
+def test_resume_state_under_a_url_is_found_by_a_try_on_another_worker(
+    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: MemoryState
+) -> None:
+    """Each try has its own run-dir root (another worker); the state is in the object store under the channel."""
+    fs, opened = memory_state.fs, memory_state.opened
+    url = "s3://bucket/runs/.dlh_state/dag/task/run/map-1"
+    settings = {"run_channel": "s3://bucket/runs", "run_channel_conn_id": "aws"}
+    first = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w1"), **settings), log=_Log(),
+                   resume_state=url)  # fmt: skip
+    assert not first.run(project, DbtCommand("run"), _profile(calls, mode="fail")).success
+    assert sorted(fs.ls("/bucket/runs/.dlh_state/dag/task/run/map-1", detail=False)) == [
+        "/bucket/runs/.dlh_state/dag/task/run/map-1/resume.json",
+        "/bucket/runs/.dlh_state/dag/task/run/map-1/run_results.json",
+    ]
+    assert not (tmp_path / "w1" / ".dlh_state").exists(), "nothing is kept on the worker"
+    assert {conn for _, conn in opened} == {"aws"}, "the state is reached with the channel's connection"
+
+    log = _Log()
+    second = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w2"), **settings), log=log,
+                    resume_state=url)  # fmt: skip
+    assert second.run(project, DbtCommand("run"), _profile(calls, mode="fail")).success
+    assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["run", "retry"]
+    assert any("dbt retry" in line for line in log.lines)
+    assert not fs.exists("/bucket/runs/.dlh_state/dag/task/run/map-1"), "the state goes once the task succeeds"
+
+
+def test_a_detached_try_keeps_its_state_where_it_is_collected_and_the_next_resumes(
+    project: DbtProject, venv: Path, calls: Path, tmp_path: Path, memory_state: MemoryState
+) -> None:
+    """launch() on one worker, collect() (execute_complete) on another keeps the state; the next try resumes."""
+    fs = memory_state.fs
+    url = "s3://bucket/runs/.dlh_state/dag/det/run/map-1"
+    run = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w1")), log=_Log(),
+                 run_name=run_dir_name("dag", "det", 1), resume_state=url)  # fmt: skip
+    process = run.launch(project, DbtCommand("build"), _profile(calls, "fail"))
+    reader = ChannelReader(ChannelSpec.from_dict(process.channel) or ChannelSpec(process.run_dir))
+    wait_for(lambda: (s := reader.status()) is not None and s.finished, "the detached run to finish")
+    collector = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w2")), log=_Log(), resume_state=url)
+    failed = collector.collect({"status": "finished", **process.to_dict()}, redactor=lambda: Redactor(["s3cr3t-pw"]))
+    assert not failed.success
+    kept = fs.cat_file("/bucket/runs/.dlh_state/dag/det/run/map-1/run_results.json")
+    assert json.loads(kept)["results"][0]["status"] == "error"
+
+    log = _Log()
+    resumed = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w3")), log=log,
+                     run_name=run_dir_name("dag", "det", 2), resume_state=url)  # fmt: skip
+    second = resumed.launch(project, DbtCommand("build"), _profile(calls, "fail"))
+    assert any("dbt retry" in line for line in log.lines)
+    reader = ChannelReader(ChannelSpec.from_dict(second.channel) or ChannelSpec(second.run_dir))
+    wait_for(lambda: (s := reader.status()) is not None and s.finished, "the resumed run to finish")
+    final = DbtRun(project.path, _settings(venv, run_dir_root=str(tmp_path / "w4")), log=_Log(), resume_state=url)
+    assert final.collect({"status": "finished", **second.to_dict()}, redactor=lambda: Redactor([])).success
+    assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["build", "retry"]
+    assert not fs.exists("/bucket/runs/.dlh_state/dag/det/run/map-1"), "the state goes once the task succeeds"
+
+
+def test_unreachable_resume_state_runs_the_full_command_with_a_warning(
+    project: DbtProject, venv: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(url: str, conn_id: str | None) -> Any:
+        raise ConnectionError("could not connect to the endpoint")
+
+    monkeypatch.setattr(retry_state, "open_url", unreachable)
+    log = _Log()
+    run = DbtRun(project.path, _settings(venv), log=log, resume_state="s3://bucket/state/dag/task")
+    assert not run.run(project, DbtCommand("run"), _profile(calls, mode="fail")).success
+    assert [c["args"][0] for c in fake_dbt_calls(calls)] == ["run"]
+    warnings = [line for line in log.lines if "Could not open the dbt retry state at s3://bucket/state" in line]
+    assert len(warnings) == 2, "one at the start (full command), one at the end (state not kept)"
+    assert any("running the full command" in line for line in log.lines)
 
 
 def test_raise_or_return_raises_the_typed_error_with_its_result(project: DbtProject, venv: Path, calls: Path) -> None:

@@ -320,9 +320,14 @@ def open_store(spec: ChannelSpec) -> ChannelStore:
     """The store of ``spec``: its run dir, or its URL through ``ObjectStoragePath`` and the connection."""
     if spec.url is None:
         return LocalStore(Path(spec.run_dir))
+    return open_url(spec.url, spec.conn_id)
+
+
+def open_url(url: str, conn_id: str | None) -> ChannelStore:
+    """The store under ``url`` (any ``ObjectStoragePath`` URL), reached through the connection ``conn_id``."""
     from airflow.sdk import ObjectStoragePath  # only remote channels pay for this import
 
-    path = ObjectStoragePath(spec.url, conn_id=spec.conn_id)
+    path = ObjectStoragePath(url, conn_id=conn_id)
     fs = path.fs
     if set(_protocols(fs)) & _LOCAL_PROTOCOLS:
         return LocalStore(Path(path.path), owned=True)  # a shared volume: keep the atomic rename

@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.artifacts import KeptArtifacts, load_artifact
 from dlh_airflow_common.dbt.caches import RunCaches
-from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_INTERVAL, ChannelReader, ChannelSpec, RunStatus
+from dlh_airflow_common.dbt.channel import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    ChannelReader,
+    ChannelSpec,
+    ChannelStore,
+    RunStatus,
+)
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.detached import (
     EVENTS_FILE,
@@ -107,7 +113,9 @@ class DbtRun:
     (in any process that reaches the run channel) turns what it reported into the same result.
 
     Everything a try hands from step to step lives on its own instance; build a new one for every try.
-    ``cancel()`` may come from another thread at any time. ``log`` is the task's logger.
+    ``cancel()`` may come from another thread at any time. ``log`` is the task's logger. ``resume_state``
+    (``retry_from_failure``) is a local directory or an ``ObjectStoragePath`` URL, reached with the settings'
+    ``run_channel_conn_id``.
     """
 
     def __init__(
@@ -123,7 +131,7 @@ class DbtRun:
         self.settings = settings
         self.log = log
         self.run_name = run_name
-        self.state_dir = Path(resume_state) if resume_state is not None else None
+        self.resume_state = os.fspath(resume_state) if resume_state is not None else None
         self.invocation: DbtInvocation | None = None  # the dbt execution in progress, if any
         self.result: DbtTaskResult | None = None
         self.target_path: str | None = None  # dbt's target path while it exists
@@ -167,7 +175,7 @@ class DbtRun:
             first = self._resume_command(command, run_dir)
             result = self.result = self._run_attempts(first, command, project, written, run_dir, policy)
             stopped = isinstance(result.error, DbtExecutionTimeoutException) or self._cancelled.is_set()
-            self._conclude(result, run_dir, post_run, stopped=stopped)
+            self._conclude(result, run_dir, post_run, stopped=stopped, redact=Redactor.from_env(written.env))
         finally:
             self._release(run_dir, self.result)
         return _attach_error(result)
@@ -251,7 +259,8 @@ class DbtRun:
             started = float(event.get("started_at") or 0) or None
             ended = status.ended_at if status is not None and status.ended_at else time.time()
             wall = max(0.0, ended - started) if started else 0.0
-            result = self.result = self._result(command, outcome, run_dir, redactor(), progress, wall)
+            redact = redactor()
+            result = self.result = self._result(command, outcome, run_dir, redact, progress, wall)
             if kind == "lost":
                 result.success = False
                 result.error = DbtException(str(event.get("message") or "The detached dbt run was lost."))
@@ -260,7 +269,7 @@ class DbtRun:
                 reason = f"{result.error} " if result.error is not None else ""
                 result.error = DbtException(f"{reason}dbt (pid {dbt.pid}) was still running; its run dir is kept.")
             self._log_summary(result, command, run_dir)
-            self._conclude(result, run_dir, post_run, stopped=kind in ("timeout", "killed", "lost"))
+            self._conclude(result, run_dir, post_run, stopped=kind in ("timeout", "killed", "lost"), redact=redact)
         finally:
             if event.get("stopped") is False:  # dbt may still be running on another host: leave its files
                 self.log.warning("Keeping %s: dbt could not be stopped from this host", run_dir.path)
@@ -317,17 +326,27 @@ class DbtRun:
 
     def _resume_command(self, command: DbtCommand, run_dir: RunDir) -> DbtCommand:
         """The command a resumed try starts with: ``dbt retry``, the command minus finished nodes, or itself."""
-        if self.state_dir is None:
-            return command
-        how = retry_state.restore(self.state_dir, run_dir.path, run_dir.target_path)
+        store = self._state_store()
+        if store is None:
+            return command if self.resume_state is None else self._full_command(command)
+        how = retry_state.restore(store, run_dir.path, run_dir.target_path, log=self.log)
         if how == "retry":
             self.log.info("Resuming the previous try's failed and skipped nodes with dbt retry")
             return _retry_command(command)
         if how == "exclude-succeeded" and command.accepts("exclude"):
             self.log.info("Previous try was stopped: running %s again without its succeeded nodes", command.command)
             return command.without_succeeded(str(run_dir.path / retry_state.STATE_SUBDIR))
+        return self._full_command(command)
+
+    def _full_command(self, command: DbtCommand) -> DbtCommand:
         self.log.info("No usable state from a previous try: running the full command")
         return command
+
+    def _state_store(self) -> ChannelStore | None:
+        """The store of this task's resume state; None without one, or (logged) when it cannot be opened."""
+        if self.resume_state is None:
+            return None
+        return retry_state.open_state(self.resume_state, self.settings.run_channel_conn_id, log=self.log)
 
     def _run_attempts(
         self,
@@ -440,13 +459,15 @@ class DbtRun:
         post_run: Callable[[DbtTaskResult], None] | None,
         *,
         stopped: bool,
+        redact: Redactor,
     ) -> None:
-        """Keep or drop the retry_from_failure state, then let the caller use the run dir (uploads, lineage)."""
-        if self.state_dir is not None:
+        """Keep (secrets masked) or drop the retry_from_failure state, then let the caller use the run dir."""
+        store = self._state_store()
+        if store is not None:
             if result.success:
-                retry_state.clear(self.state_dir)
+                retry_state.clear(store, log=self.log)
             else:
-                retry_state.save(self.state_dir, run_dir.target_path, complete=not stopped)
+                retry_state.save(store, run_dir.target_path, complete=not stopped, redact=redact, log=self.log)
         if post_run is not None:
             post_run(result)
 

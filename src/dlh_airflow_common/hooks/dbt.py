@@ -194,8 +194,10 @@ class DbtHook(BaseHook):
         :param extra_args: More dbt arguments, checked like the others (no shell is involved).
         :param macro_args: ``--args`` of ``run-operation``.
         :param run_name: Name of the run dir (the operator derives it from the task instance).
-        :param resume_state: Where a previous try's failed run is kept: that run is resumed with
-            ``dbt retry``, and this run's state is kept there until the command succeeds.
+        :param resume_state: Where a previous try's failed run is kept (a local directory, or an
+            ``ObjectStoragePath`` URL reached with ``run_channel_conn_id``): that run is resumed with
+            ``dbt retry``, and this run's state is kept there until the command succeeds. State that cannot
+            be read or written is logged and the full command runs.
         :param post_run: Called with the result while the run dir still exists (uploads, lineage).
         :param raise_on_failure: ``False`` returns a failed result (``result.error`` holds the exception)
             instead of raising it.

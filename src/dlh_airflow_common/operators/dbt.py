@@ -15,7 +15,7 @@ from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.detached import stop_group
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
-from dlh_airflow_common.dbt.retry_state import resume_state_dir
+from dlh_airflow_common.dbt.retry_state import resume_state_dir, resume_state_url
 from dlh_airflow_common.dbt.run_dir import run_dir_name
 from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
 from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, GENERATED_TARGET_NAME
@@ -86,11 +86,14 @@ class DbtOperator(BaseOperator):
     :param keep_target_artifacts: Keep the try's run dir (artifacts, ``dbt.log``); its path goes to XCom.
     :param dbt_args: More dbt arguments, checked like the others (no shell is involved).
     :param run_dir_root: Where each try's run dir is created (default ``<project>/target``; a private temp
-        dir when that is read-only). Retry state for ``retry_from_failure`` lives beside the run dirs.
+        dir when that is read-only). Retry state for ``retry_from_failure`` lives beside the run dirs, or
+        under ``run_channel`` when one is set.
     :param invocation_mode: ``subprocess`` (default, stoppable) or ``in-process`` (dbtRunner in the task).
     :param retry_limit: Attempts within one try when dbt fails transiently (1 = none).
     :param transient_retry_delay: Seconds before the first in-try retry; doubles each time.
-    :param retry_from_failure: Make Airflow's next try resume this try's failed run (``dbt retry``).
+    :param retry_from_failure: Make Airflow's next try resume this try's failed run (``dbt retry``). With a
+        ``run_channel`` its state (the failed try's run_results.json) is kept under
+        ``<run_channel>/.dlh_state/``, so that a try on another worker resumes it too.
     :param kill_grace_period: Seconds dbt gets after SIGINT (kill, timeout) to cancel its queries.
     :param execution_timeout: Seconds or a timedelta: dbt is stopped gracefully and
         ``DbtExecutionTimeoutException`` raised; Airflow's own timeout backs it up.
@@ -113,8 +116,8 @@ class DbtOperator(BaseOperator):
     :param run_channel: Where a deferred run reports to the triggerer and to ``execute_complete``: unset for
         the run dir itself (worker and triggerer on one host or a shared volume), or an ``ObjectStoragePath``
         URL (``s3://bucket/prefix``, ``gs://...``, ``file:///shared/volume``) that every worker and the
-        triggerer can reach, for CeleryExecutor and other multi-host deployments. Default: the Airflow
-        config ``[dlh_dbt] run_channel``.
+        triggerer can reach, for CeleryExecutor and other multi-host deployments; it also holds the
+        ``retry_from_failure`` state, in sync mode too. Default: the Airflow config ``[dlh_dbt] run_channel``.
     :param run_channel_conn_id: Airflow connection for ``run_channel``; default ``[dlh_dbt] run_channel_conn_id``.
     :param orphan_run_dir_age: Seconds after which a run dir left by a killed task (its task, runner and
         dbt all gone on this host) is removed by the next run under the same root; ``None`` turns it off.
@@ -383,14 +386,21 @@ class DbtOperator(BaseOperator):
             raise result.error
         return summary
 
-    def _resume_state(self, context: Context) -> Path:
-        """Where this task instance keeps the state ``dbt retry`` needs in its next try."""
+    def _resume_state(self, context: Context) -> str | None:
+        """Where this task instance keeps the state ``dbt retry`` needs in its next try: under the run channel
+        when one is set (the next try may run on another worker), else beside the run dirs."""
         ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        root = Path(self.run_dir_root) if self.run_dir_root else Path(self.dbt_project_dir) / "target"
-        state = resume_state_dir(root, ti.dag_id, ti.task_id, context["run_id"], f"map{map_index}")
-        if ti.try_number <= 1:
-            retry_state.clear(state)  # a first try never resumes leftovers of an older run
+        key = (ti.dag_id, ti.task_id, context["run_id"], f"map{getattr(ti, 'map_index', -1)}")
+        channel = self.hook.run_channel
+        if channel:
+            state = resume_state_url(channel, *key)
+        else:
+            root = Path(self.run_dir_root) if self.run_dir_root else Path(self.dbt_project_dir) / "target"
+            state = str(resume_state_dir(root, *key))
+        if ti.try_number <= 1:  # a first try never resumes leftovers of an older run
+            store = retry_state.open_state(state, self.hook.run_channel_conn_id, log=self.log)
+            if store is None or not retry_state.clear(store, log=self.log):
+                return None  # leftovers that could not be removed are never resumed: this try keeps no state
         return state
 
     def on_kill(self) -> None:
