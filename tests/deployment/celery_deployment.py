@@ -185,6 +185,30 @@ class CeleryDeployment(AirflowDeployment):
 
         wait_until(beat, limit, "a heartbeat of the restarted triggerer", interval=0.5)
 
+    def consume(self, worker: str, queue: str, *, stop: bool = False, limit: float = 60) -> None:
+        """Worker ``worker`` starts (``stop``: stops) taking workloads from the Celery queue ``queue`` (a task's
+        ``queue=``), through Celery's remote control on the broker; returns once the worker lists (or no longer
+        lists) the queue among those it consumes. Workers start on the default queue only; a test that adds
+        one removes it again."""
+        from celery import Celery
+
+        app = Celery(broker=self.redis.url)
+        node = f"celery@{worker}"
+        replies: list[Any] = []
+
+        def done() -> bool:
+            act = app.control.cancel_consumer if stop else app.control.add_consumer
+            replies.append(act(queue, destination=[node], reply=True, timeout=10))
+            active = app.control.inspect(destination=[node], timeout=10).active_queues() or {}
+            return (queue in {q.get("name") for q in active.get(node, [])}) != stop
+
+        try:
+            wait_until(done, limit, f"{node} to {'stop' if stop else 'start'} consuming {queue!r}", 1)
+        except DeploymentError as err:
+            raise DeploymentError(f"{err}; its replies: {replies[-3:]}") from None
+        finally:
+            app.close()
+
     def hosts_that_ran(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
         """Every worker host that was handed a workload of this task try (``execute``, then each resume), by the
         order in which they got them: what each Celery worker's own log says."""

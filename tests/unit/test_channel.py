@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
+import logging
 import re
 import tarfile
 import threading
@@ -15,17 +17,20 @@ import fsspec
 import pytest
 from fsspec.asyn import AsyncFileSystem
 
+import dlh_airflow_common.dbt.channel as channel_module
 from dlh_airflow_common.dbt.channel import (
     ARTIFACTS_FILE,
     CANCEL_FILE,
     NODE_RING,
     STATUS_FILE,
+    STORE_ATTEMPTS,
     ChannelReader,
     ChannelSpec,
     ChannelWriter,
     LocalStore,
     ObjectStore,
     RunStatus,
+    is_transient,
     open_store,
     pack,
     unpack,
@@ -274,3 +279,155 @@ async def test_reader_status_bytes_opens_the_store_once_and_returns_the_publishe
     reader = ChannelReader(spec)
     data = await reader.status_bytes()
     assert RunStatus.from_bytes(data) is not None and RunStatus.from_bytes(data).beat == 1  # type: ignore[union-attr]
+
+
+# -- transient store errors: retried (bounded), anything else raised at once -----------------------------------
+
+
+class _ClientError(Exception):
+    """Shaped like botocore's ClientError: the HTTP status in ``response``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"An error occurred ({status})")
+        self.response = {"Error": {"Code": str(status)}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+def _translated(error: OSError, status: int) -> OSError:
+    """As s3fs raises a ClientError: a Python error, with the ClientError as its cause."""
+    error.__cause__ = _ClientError(status)
+    return error
+
+
+class HTTPClientError(Exception):
+    """Named as botocore's transport error (a dropped or reset connection)."""
+
+
+def _server_error() -> OSError:
+    return _translated(OSError(errno.EIO, "We encountered an internal error"), 500)
+
+
+def _bad_request() -> OSError:
+    return _translated(OSError(errno.EINVAL, "Invalid argument"), 400)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionResetError("reset"), True),
+        (TimeoutError("read timed out"), True),
+        (HTTPClientError("Connection was closed before we received a valid response"), True),
+        (_server_error(), True),
+        (_translated(OSError(errno.EBUSY, "SlowDown"), 503), True),
+        (_ClientError(502), True),
+        (_ClientError(429), True),
+        (_bad_request(), False),
+        (_translated(PermissionError("Access Denied"), 403), False),
+        (FileNotFoundError("no such key"), False),
+        (ValueError("not a store error"), False),
+    ],
+)
+def test_transient_errors_are_connection_errors_timeouts_and_5xx(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+class _FailingFs:
+    """An fsspec-like file system whose requests fail with ``errors`` (one per call) before they work."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls: list[str] = []
+        self.objects: dict[str, bytes] = {}
+
+    def _call(self, what: str) -> None:
+        self.calls.append(what)
+        if self.errors:
+            raise self.errors.pop(0)
+
+    def cat_file(self, path: str) -> bytes:
+        self._call("cat_file")
+        if path not in self.objects:
+            raise FileNotFoundError(path)
+        return self.objects[path]
+
+    def pipe_file(self, path: str, data: bytes) -> None:
+        self._call("pipe_file")
+        self.objects[path] = data
+
+    def rm(self, path: str, recursive: bool = False) -> None:
+        self._call("rm")
+        self.objects = {key: value for key, value in self.objects.items() if not key.startswith(f"{path}/")}
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel_module, "_RETRY_WAIT", {"multiplier": 0, "max": 0, "jitter": 0})
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_store_requests_are_retried_through_transient_errors_with_a_warning_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fs = _FailingFs(ConnectionResetError("reset"), _server_error(), TimeoutError("timed out"))
+    store = ObjectStore(fs, "bucket/channel/run_x")
+    with caplog.at_level(logging.WARNING, logger=channel_module.__name__):
+        store.write(STATUS_FILE, b"{}")
+    assert fs.calls == ["pipe_file"] * 4 and fs.objects == {f"bucket/channel/run_x/{STATUS_FILE}": b"{}"}
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 3 and all(f"write bucket/channel/run_x/{STATUS_FILE} failed" in w for w in warnings)
+    assert "(try 1 of 4)" in warnings[0] and "reset" in warnings[0]
+
+    fs.errors = [_server_error()]
+    assert store.read(STATUS_FILE) == b"{}"
+    fs.errors = [HTTPClientError("closed")]
+    store.remove()
+    assert fs.objects == {}
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_store_retries_are_bounded_and_end_with_the_last_error() -> None:
+    fs = _FailingFs(*[_server_error() for _ in range(STORE_ATTEMPTS + 2)])
+    with pytest.raises(OSError, match="internal error"):
+        ObjectStore(fs, "bucket/run_x").read(STATUS_FILE)
+    assert len(fs.calls) == STORE_ATTEMPTS
+    single = _FailingFs(_server_error())
+    with pytest.raises(OSError):
+        ObjectStore(single, "bucket/run_x", attempts=1).read(STATUS_FILE)
+    assert len(single.calls) == 1
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_a_missing_object_or_a_refusal_is_not_retried() -> None:
+    fs = _FailingFs()
+    store = ObjectStore(fs, "bucket/run_x")
+    assert store.read(STATUS_FILE) is None and fs.calls == ["cat_file"]
+    for error in (_translated(PermissionError("Access Denied"), 403), _bad_request()):
+        fs.calls, fs.errors = [], [error]
+        with pytest.raises(OSError):
+            store.write(STATUS_FILE, b"{}")
+        assert fs.calls == ["pipe_file"]
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_writer_and_reader_go_through_a_flaky_store(tmp_path: Path) -> None:
+    spec = ChannelSpec.for_run(tmp_path / "run_x", "s3://bucket/channel")
+    fs = _FailingFs(ConnectionResetError("reset"))
+    store = ObjectStore(fs, "bucket/channel/run_x")
+    writer = ChannelWriter(spec, command="build", store=store)
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "run_results.json").write_text("{}")
+    fs.errors = [_server_error(), ConnectionResetError("reset")]
+    writer.finish(0, stopped=None, files=[(tmp_path / "target", "target")])
+    reader = ChannelReader(spec, store=store)
+    fs.errors = [TimeoutError("timed out")]
+    status = reader.status()
+    assert status is not None and status.finished and status.exit_code == 0
+    fs.errors = [_server_error()]
+    assert (reader.collect(tmp_path / "collected") / "target" / "run_results.json").read_text() == "{}"
+    fs.errors = [ConnectionResetError("reset")]
+    reader.remove()
+    assert fs.objects == {}
+
+
+def test_retry_backoff_is_short_and_jittered() -> None:
+    assert channel_module._RETRY_WAIT["multiplier"] <= 0.5 and channel_module._RETRY_WAIT["max"] <= 2.0
+    assert channel_module._RETRY_WAIT["jitter"] > 0 and 2 <= STORE_ATTEMPTS <= 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, RunStatus
+import dlh_airflow_common.dbt.detached as detached_module
+from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec, ChannelWriter, RunStatus
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
     EVENTS_FILE,
@@ -466,3 +468,36 @@ def test_a_killed_remote_run_confirms_then_removes_its_channel(
     shared = tmp_path / "shared" / run_dir.name
     wait_for(lambda: not shared.exists(), "the runner to remove the killed run's channel")
     assert not run_dir.exists()
+
+
+class _DownStore:
+    """A store whose writes all fail (the heartbeats) while reads work, and a cancel request after two beats."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, name: str, data: bytes) -> None:
+        self.writes += 1
+        raise ConnectionError("store down")
+
+    def read(self, name: str) -> bytes | None:
+        return b'{"reason": "killed"}' if self.writes >= 2 else None
+
+    def remove(self) -> None:
+        return None
+
+
+def test_failed_heartbeats_neither_end_the_watch_nor_skip_the_cancel_request(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore()
+    spec = ChannelSpec("/on-the-worker/run_x", url="s3://bucket/run_x", heartbeat_interval=0.05)
+    watch = detached_module._Watch(ChannelWriter(spec, command="run", store=store), deadline=None, grace=1)
+    stopped: list[str] = []
+    monkeypatch.setattr(watch, "_stop_dbt", lambda dbt, reason: stopped.append(reason))
+    with caplog.at_level(logging.WARNING, logger=detached_module.__name__):
+        watch.start(None)  # type: ignore[arg-type]
+        wait_for(lambda: stopped, "the cancel request to be obeyed")
+        watch.stop()
+    assert stopped == ["killed"] and watch.stopped == "killed" and store.writes >= 2
+    assert "Heartbeat to s3://bucket/run_x failed: store down" in caplog.text

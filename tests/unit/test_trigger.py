@@ -28,7 +28,7 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 
 import dlh_airflow_common.triggers.dbt as trigger_module
-from dlh_airflow_common.dbt.channel import NODE_RING, ChannelSpec, ChannelWriter
+from dlh_airflow_common.dbt.channel import NODE_RING, ChannelSpec, ChannelStore, ChannelWriter, RunStatus
 from dlh_airflow_common.dbt.detached import (
     DBT_PROCESS_FILE,
     PROCESS_FILE,
@@ -910,3 +910,45 @@ async def test_remote_on_kill_keeps_the_channel_when_asked_or_unconfirmed(tmp_pa
     await silent.on_kill()
     assert other.cancel_request() == "killed"
     assert Path(silent.channel.url.removeprefix("file://"), "status.json").is_file(), "unconfirmed: kept"
+
+
+class _FlakyReads:
+    """Delegates to a real store but fails every other read, as a loaded object store can (the trigger reads once)."""
+
+    def __init__(self, store: ChannelStore) -> None:
+        self.store, self.reads = store, 0
+
+    async def aread(self, name: str) -> bytes | None:
+        self.reads += 1
+        if self.reads % 2:
+            raise ConnectionError("connection reset by the store")
+        return await self.store.aread(name)
+
+
+async def test_failed_reads_neither_keep_a_dead_runner_alive_nor_count_as_its_silence(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, heartbeat_timeout=0.3)
+    writer.heartbeat()  # then the runner dies: its heartbeat stands still
+    flaky = _FlakyReads(trigger._reader.store)
+    trigger._reader._store = flaky  # type: ignore[assignment]
+    payload = await the_event(trigger)
+    assert payload["status"] == "lost" and "sent no heartbeat" in payload["message"]
+    assert flaky.reads >= 4, "it kept polling through the failed reads"
+
+
+def test_the_heartbeat_clock_stands_while_the_channel_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger, _ = remote_trigger(tmp_path)
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    status = RunStatus(beat=3)
+    assert trigger._silent_for(status) == 0
+    clock[0] = 110.0
+    assert trigger._silent_for(status) == 10
+    for clock[0] in (120.0, 150.0):
+        assert trigger._silent_for(None, read=False) == 0, "an unreadable store says nothing about the runner"
+    clock[0] = 155.0
+    assert trigger._silent_for(status) == 20, "the outage (from the first failed read) does not count"
+    clock[0] = 160.0
+    assert trigger._silent_for(status) == 25, "readable time after it does"
+    assert trigger._silent_for(RunStatus(beat=4)) == 0

@@ -12,9 +12,12 @@ Nothing secret is ever written here: the store's credentials reach the runner on
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import inspect
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -22,12 +25,17 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from dlh_airflow_common.dbt.events import compact_node_event, is_error_event
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 STATUS_FILE = "status.json"
 CANCEL_FILE = "cancel.json"
@@ -38,6 +46,21 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a remote run whose heartbeat has not moved for this long is lost
 _PACKED_TARGET_SKIP = frozenset({"partial_parse.msgpack", "graph.gpickle"})  # large and only dbt's own cache
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
+STORE_ATTEMPTS = 4  # tries of one object-store request on a transient error (about 1.5 s of backoff in all)
+_RETRY_WAIT = {"multiplier": 0.2, "max": 2.0, "jitter": 0.2}  # seconds: 0.2, 0.4, 0.8 ... plus up to 0.2 of jitter
+_NOT_TRANSIENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+# What s3fs and others make of a 5xx or a throttle (EIO, EREMOTEIO, EBUSY) and of a dropped connection.
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EIO", "EREMOTEIO", "EBUSY", "EAGAIN", "ECONNRESET", "ECONNABORTED",
+                                      "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "ENETUNREACH", "EHOSTUNREACH")
+    if hasattr(errno, name)
+)  # fmt: skip
+# Transport errors of the object-store clients that are not Python's own ConnectionError / TimeoutError.
+_TRANSPORT_ERRORS = frozenset({"HTTPClientError", "ConnectionError", "ConnectionClosedError", "EndpointConnectionError",
+                               "ReadTimeoutError", "ConnectTimeoutError", "ResponseStreamingError", "IncompleteRead",
+                               "IncompleteReadError", "ResponseParserError", "ClientConnectionError",
+                               "ClientPayloadError", "ServerDisconnectedError", "ServiceRequestError",
+                               "ServiceResponseError", "TransportError"})  # fmt: skip
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -139,6 +162,76 @@ class RunStatus:
         return new, max(0, first - seq - 1)
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether another try of a store request may succeed: a dropped connection, a timeout, a 5xx or a throttle
+    (429) from the server, here or as the cause s3fs and others chain; never a missing object or a refusal (4xx)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = _http_status(current)
+        if status is not None:
+            return status >= 500 or status in (408, 429)
+        if isinstance(current, _NOT_TRANSIENT):
+            return False
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        if any(cls.__name__ in _TRANSPORT_ERRORS for cls in type(current).__mro__):
+            return True
+        if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNOS:
+            return True
+        current = current.__cause__
+    return False
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status an object-store client attached to ``error`` (botocore, aiohttp, azure, gcsfs), if any."""
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int):
+            return status
+    for name in ("status", "status_code", "code"):
+        status = getattr(error, name, None)
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status < 600:
+            return status
+    return None
+
+
+def call_with_retry(function: Callable[[], _T], *, attempts: int, what: str) -> _T:
+    """``function()``, tried up to ``attempts`` times while it fails with a transient store error (short
+    exponential backoff with jitter, a warning per failed try); any other error, or the last one, is raised."""
+
+    def warn(state: Any) -> None:
+        log.warning("%s failed (try %d of %d), trying again in %.1fs: %s", what, state.attempt_number, attempts,
+                    state.next_action.sleep, state.outcome.exception())  # fmt: skip
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max(1, attempts)), wait=_backoff(),
+        retry=retry_if_exception(is_transient), before_sleep=warn, reraise=True,
+    )  # fmt: skip
+    return retrying(function)
+
+
+def _backoff() -> Any:
+    """Exponential (``multiplier``, doubling, capped at ``max``) plus a random ``jitter``, so that the runs of a
+    store that stumbled do not all try again at the same instant."""
+    return wait_exponential(multiplier=_RETRY_WAIT["multiplier"], max=_RETRY_WAIT["max"]) + wait_random(
+        0, _RETRY_WAIT["jitter"]
+    )
+
+
+def _retried(method: Callable[..., _T]) -> Callable[..., _T]:
+    """An ``ObjectStore`` request, retried up to its store's ``attempts`` (``call_with_retry``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: ObjectStore, *args: Any) -> _T:
+        where = f"{self.root}/{args[0]}" if args else self.root
+        return call_with_retry(lambda: method(self, *args), attempts=self.attempts, what=f"{method.__name__} {where}")
+
+    return wrapper
+
+
 class ChannelStore(Protocol):
     """A flat namespace of small documents and one archive."""
 
@@ -180,15 +273,19 @@ class LocalStore:
 
 
 class ObjectStore:
-    """Documents as objects under one prefix of an fsspec file system: one request per read or write."""
+    """Documents as objects under one prefix of an fsspec file system: one request per read or write, tried
+    up to ``attempts`` times in all on a transient error (``is_transient``). ``aread`` (the trigger's poll)
+    tries once on an async file system: the next poll is its retry."""
 
-    def __init__(self, fs: Any, root: str) -> None:
+    def __init__(self, fs: Any, root: str, *, attempts: int = STORE_ATTEMPTS) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
+        self.attempts = attempts
         # s3fs's cat_file first asks for the size (a HEAD) to split big objects into concurrent ranged GETs:
         # two requests per status read. The documents are small: one GET (bench/channel_poll.py counts them).
         self._read_options = {"max_concurrency": 1} if _accepts(fs.cat_file, "max_concurrency") else {}
 
+    @_retried
     def read(self, name: str) -> bytes | None:
         try:
             return bytes(self.fs.cat_file(f"{self.root}/{name}", **self._read_options))
@@ -207,9 +304,11 @@ class ObjectStore:
         except FileNotFoundError:
             return None
 
+    @_retried
     def write(self, name: str, data: bytes) -> None:
         self.fs.pipe_file(f"{self.root}/{name}", data)
 
+    @_retried
     def remove(self) -> None:
         try:
             self.fs.rm(self.root, recursive=True)

@@ -13,6 +13,7 @@ dbt still runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -40,6 +41,8 @@ DBT_PROCESS_FILE = "dbt_process.json"
 EVENTS_FILE = "events.jsonl"
 _KILLED_LINGER_SECONDS = 5.0  # how long a killed run's final status stays for the trigger that asked
 _DEADLINE_BACKSTOP = 10.0  # seconds after the trigger's deadline (and two heartbeats) that the runner acts
+_PUBLISH_ATTEMPTS = 5  # tries of the final publish, each of them a store request already retried (channel.py)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,14 @@ def _publish(writer: ChannelWriter, exit_code: int, stopped: str | None, files: 
     """The final status (and artifacts), retried: without it every reader would wait for the heartbeat to age."""
     from tenacity import Retrying, stop_after_attempt, wait_exponential
 
+    def warn(state: Any) -> None:
+        log.warning("Publishing the final status to %s failed (try %d of %d): %s", writer.spec.where,
+                    state.attempt_number, _PUBLISH_ATTEMPTS, state.outcome.exception())  # fmt: skip
+
+    retrying = Retrying(stop=stop_after_attempt(_PUBLISH_ATTEMPTS), wait=wait_exponential(0.5, max=8),
+                        before_sleep=warn, reraise=True)  # fmt: skip
     try:
-        for attempt in Retrying(stop=stop_after_attempt(5), wait=wait_exponential(0.5, max=8), reraise=True):
+        for attempt in retrying:
             with attempt:
                 writer.finish(exit_code, stopped=stopped, files=files)
     except Exception:
@@ -287,17 +296,24 @@ class _Watch:
         while True:
             try:
                 self.writer.heartbeat()
-                if self.stopped is None:
-                    reason = self.writer.cancel_request()
-                    if reason is None and self.deadline is not None and time.time() >= self.deadline:
-                        reason = "timeout"
-                    if reason is not None:
-                        self.stopped = reason
-                        self._stop_dbt(dbt, reason)
-            except Exception:
-                traceback.print_exc()  # a store that is down for a while: keep beating
+            except Exception as err:  # the store is down for a while (its requests were retried): the next one will do
+                log.warning("Heartbeat to %s failed: %s", self.writer.spec.where, err)
+            if self.stopped is None:
+                reason = self._cancel_request()
+                if reason is None and self.deadline is not None and time.time() >= self.deadline:
+                    reason = "timeout"
+                if reason is not None:
+                    self.stopped = reason
+                    self._stop_dbt(dbt, reason)
             if self._done.wait(self.interval):
                 return
+
+    def _cancel_request(self) -> str | None:
+        try:
+            return self.writer.cancel_request()
+        except Exception as err:  # read again at the next heartbeat
+            log.warning("Could not read a cancel request from %s: %s", self.writer.spec.where, err)
+            return None
 
     def _stop_dbt(self, dbt: subprocess.Popen[str], reason: str) -> None:
         print(f"stopping dbt (pid {dbt.pid}): {reason}", flush=True)
@@ -315,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m dlh_airflow_common.dbt.detached <run_dir>", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _run(Path(args[0]))
     except BaseException:

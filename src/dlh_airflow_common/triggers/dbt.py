@@ -107,6 +107,7 @@ class DbtExecutionTrigger(BaseTrigger):
         self._reader = ChannelReader(self.channel)
         self._seq = 0
         self._beat: tuple[int, float] | None = None  # the last heartbeat seen, and when (monotonic)
+        self._unread_since: float | None = None  # the remote channel has been unreadable since (monotonic)
         self._started = False  # a status was seen: from then on the heartbeat must move
         self._dbt: DbtProcess | None = None
 
@@ -231,11 +232,11 @@ class DbtExecutionTrigger(BaseTrigger):
     # -- remote channel: heartbeat, cancel requests -------------------------------------------------
     async def _watch_remote(self, reporter: ProgressReporter) -> AsyncIterator[TriggerEvent]:
         while True:
-            status = await self._remote_status(reporter)
+            read, status = await self._remote_status(reporter)
             if status is not None and status.finished:
                 yield self._finished(status)
                 return
-            silent = self._silent_for(status)
+            silent = self._silent_for(status, read=read)
             self._started |= status is not None
             limit = self.heartbeat_timeout if self._started else max(self.heartbeat_timeout, _FIRST_STATUS_SECONDS)
             if silent > limit:
@@ -255,19 +256,27 @@ class DbtExecutionTrigger(BaseTrigger):
                 return
             await asyncio.sleep(self.poll_interval)
 
-    async def _remote_status(self, reporter: ProgressReporter) -> RunStatus | None:
-        """One read of the status, awaited on the store's own IO loop; decoding and logging take one short hop."""
+    async def _remote_status(self, reporter: ProgressReporter) -> tuple[bool, RunStatus | None]:
+        """Whether the channel could be read, and its status (None before the runner published one): one read,
+        awaited on the store's own IO loop; decoding and logging take one short hop."""
         try:
             data = await self._reader.status_bytes()
         except Exception as err:  # the store is unreachable for now: not a sign of the runner's death
             self.log.warning("Could not read the run channel %s: %s", self.channel.url, err)
-            self._beat = None
-            return None
-        return await asyncio.to_thread(lambda: self._take(RunStatus.from_bytes(data), reporter))
+            return False, None
+        return True, await asyncio.to_thread(lambda: self._take(RunStatus.from_bytes(data), reporter))
 
-    def _silent_for(self, status: RunStatus | None) -> float:
-        """Seconds the heartbeat has not moved, on this triggerer's clock (the worker's may differ)."""
+    def _silent_for(self, status: RunStatus | None, *, read: bool = True) -> float:
+        """Seconds the heartbeat has not moved while the channel was readable, on this triggerer's clock (the
+        worker's may differ): time the store could not be read counts neither for nor against the runner (0 while
+        it cannot be read; afterwards the clock resumes where it stood)."""
         now = time.monotonic()
+        if not read:
+            self._unread_since = now if self._unread_since is None else self._unread_since
+            return 0.0
+        if self._unread_since is not None and self._beat is not None:
+            self._beat = (self._beat[0], self._beat[1] + now - self._unread_since)
+        self._unread_since = None
         beat = status.beat if status is not None else -1
         if self._beat is None or self._beat[0] != beat:
             self._beat = (beat, now)
@@ -278,7 +287,7 @@ class DbtExecutionTrigger(BaseTrigger):
 
     async def _cancel_remote(self, reason: str, wait: float) -> RunStatus | None:
         """Write the cancel request, then wait (without blocking the loop) for the runner's final status."""
-        await asyncio.to_thread(self._reader.request_cancel, reason)
+        await asyncio.to_thread(self._reader.request_cancel, reason)  # retried (channel.py), unlike a poll
         self.log.info("Asked the dbt runner on %s to stop (%s) through %s", self.host, reason, self.channel.url)
         end = time.monotonic() + wait
         while time.monotonic() < end:
