@@ -132,8 +132,15 @@ def reads_install_path_env(project_dir: str | os.PathLike[str]) -> bool:
 
 # -- building an entry ---------------------------------------------------------------------------------
 @contextlib.contextmanager
-def file_lock(path: Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT, poll: float = 0.1) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path``; the OS drops it if the holder dies."""
+def file_lock(
+    path: Path,
+    *,
+    timeout: float = DEFAULT_LOCK_TIMEOUT,
+    poll: float = 0.1,
+    holder: str = "another run is installing the same dbt packages",
+) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path``; the OS drops it if the holder dies. ``holder`` names what the
+    timeout message says is holding it."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -145,8 +152,7 @@ def file_lock(path: Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT, poll: float 
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DbtException(
-                        f"Timed out after {timeout:.0f}s waiting for {path}: another run is installing the same "
-                        "dbt packages.",
+                        f"Timed out after {timeout:.0f}s waiting for {path}: {holder}.",
                         retryable=True,
                     ) from None
                 time.sleep(poll)

@@ -1,0 +1,126 @@
+"""Building the graph file once per (project content hash, selection) into the shared cache, under a lock.
+
+Selection is dbt's own: the ``lister`` runs ``dbt ls`` (``cli.hook_lister`` does it through ``DbtHook``, so
+the profile, run-dir isolation, caches and typed errors apply) and hands the selected ids and the manifest
+that run wrote to ``graph_from_manifest``. Entries live under ``<cache root>/task_graph/<project>-<path
+hash>/`` (the cache root is the run-dir root's ``.dlh_cache``, as for the partial-parse and deps caches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from dlh_airflow_common.dbt.deps import DEFAULT_LOCK_TIMEOUT, file_lock
+from dlh_airflow_common.dbt.run_dir import sanitize
+from dlh_airflow_common.task_graph.graph_file import (
+    FORMAT_VERSION,
+    GraphFile,
+    Selection,
+    graph_from_manifest,
+    read_graph,
+    write_graph,
+)
+from dlh_airflow_common.task_graph.project_hash import project_hash
+
+GRAPH_CACHE_DIR = "task_graph"
+
+ManifestUse = Callable[[Sequence[str], Path], GraphFile]
+"""``use(selected_unique_ids, manifest_path)``: called by a lister while dbt's manifest still exists."""
+Lister = Callable[[Selection, ManifestUse], GraphFile]
+"""``lister(selection, use)`` runs ``dbt ls`` for ``selection`` and returns what ``use`` returned."""
+
+
+@dataclass(frozen=True)
+class GraphLocation:
+    """Where a project's graph file for one selection is, for the project content it was checked against."""
+
+    directory: Path
+    selection_key: str
+    project_hash: str
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.selection_key}-{self.project_hash}.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / f"{self.selection_key}.lock"
+
+
+def selection_key(selection: Selection) -> str:
+    """A digest of the selection arguments and the graph format (a new format never reads an old entry)."""
+    payload = msgspec.json.encode([FORMAT_VERSION, selection])
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def graph_dir(cache_root: Path, project_dir: str | os.PathLike[str]) -> Path:
+    """One directory per project copy: same-named projects at different paths never share entries."""
+    root = Path(project_dir).resolve()
+    path_hash = hashlib.sha256(str(root).encode("utf-8")).hexdigest()[:12]
+    return cache_root / GRAPH_CACHE_DIR / f"{sanitize(root.name, max_length=40)}-{path_hash}"
+
+
+def locate(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphLocation:
+    """The entry for the project as it is now (stat check, files hashed only when they changed)."""
+    directory = graph_dir(cache_root, project_dir)
+    return GraphLocation(directory, selection_key(selection), project_hash(project_dir, memo_dir=directory))
+
+
+def find_graph(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphFile | None:
+    """The fresh graph file for this project content and selection, or None when it must be built."""
+    location = locate(project_dir, selection, cache_root)
+    return read_graph(location.path) if location.path.is_file() else None
+
+
+@dataclass(frozen=True)
+class BuiltGraph:
+    """The outcome of ``ensure_graph``: the file, what it holds, and whether this call built it."""
+
+    path: Path
+    graph: GraphFile
+    built: bool
+
+
+def ensure_graph(
+    project_dir: str | os.PathLike[str],
+    selection: Selection,
+    lister: Lister,
+    cache_root: Path,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> BuiltGraph:
+    """Return the fresh graph file, building it first if needed; concurrent callers build it once.
+
+    :param project_dir: The dbt project.
+    :param selection: The selection arguments dbt resolves.
+    :param lister: Runs ``dbt ls`` (see ``Lister``).
+    :param cache_root: The cache root (``partial_parse.cache_root``).
+    :param lock_timeout: Seconds to wait for another builder of the same entry.
+    """
+    location = locate(project_dir, selection, cache_root)
+    if location.path.is_file():
+        return BuiltGraph(location.path, read_graph(location.path), built=False)
+    with file_lock(location.lock_path, timeout=lock_timeout, holder="another process is building this task graph"):
+        if location.path.is_file():  # another builder finished while this one waited
+            return BuiltGraph(location.path, read_graph(location.path), built=False)
+
+        def use(selected: Sequence[str], manifest_path: Path) -> GraphFile:
+            return graph_from_manifest(manifest_path, selected, project_hash=location.project_hash, selection=selection)
+
+        graph = lister(selection, use)
+        write_graph(location.path, graph)
+        _prune(location)
+    return BuiltGraph(location.path, graph, built=True)
+
+
+def _prune(location: GraphLocation) -> None:
+    """Remove this selection's entries for older project content (the current one was just written)."""
+    for old in location.directory.glob(f"{location.selection_key}-*.json"):
+        if old != location.path:
+            old.unlink(missing_ok=True)
