@@ -30,7 +30,7 @@ class TaskSpec:
     """One task to create.
 
     ``node_id`` is the node a node task builds (None for a test task); ``tests`` are the tests it runs
-    (with its node for a node task); ``upstream`` are the ids (``full_id``) of the tasks it waits for;
+    (with its node for a node task); ``upstream`` are the ids (``full_id``, sorted) of the tasks it waits for;
     ``group`` is the folder path of its task group, empty when not grouped.
     """
 
@@ -128,7 +128,7 @@ def render(
             node_id=n.unique_id,
             resource_type=n.resource_type,
             tests=tuple(placed[n.unique_id]),
-            upstream=tuple(full[uid] for uid in upstream_nodes[n.unique_id]),
+            upstream=tuple(sorted(full[uid] for uid in upstream_nodes[n.unique_id])),
             group=groups[n.unique_id],
         )
         for n in task_nodes
