@@ -89,16 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stderr_logger() -> logging.Logger:
+    """dbt's output goes to stderr, whatever logging Airflow sets up on import: stdout is the result line."""
+    logger = logging.getLogger("dlh_airflow_common.task_graph.cli.dbt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dlh-dbt``; returns the exit code (0 built or fresh, 1 dbt or input error)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     project = Path(args.project_dir).resolve()
     selection = Selection(
         select=tuple(args.select), exclude=tuple(args.exclude), selector=args.selector, target=args.target
     )
     root = cache_root(Path(args.run_dir_root) if args.run_dir_root else project / "target", args.cache_dir)
     lister = hook_lister(
+        _stderr_logger(),
         dbt_project_dir=project, conn_id=args.conn_id, profiles_dir=args.profiles_dir, venv_path=args.venv_path,
         run_dir_root=args.run_dir_root, cache_dir=args.cache_dir,
     )  # fmt: skip
