@@ -25,6 +25,7 @@ import yaml
 from dlh_airflow_common.dbt.channel import write_bytes_atomic
 
 MEMO_FILE = "project_hash.memo"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: ten times faster at parse time
 ROOT_FILES = ("dbt_project.yml", "selectors.yml", "packages.yml", "dependencies.yml", "package-lock.yml")
 _PATH_KEYS = {
     "model-paths": ["models"],
@@ -63,7 +64,7 @@ class ProjectFiles:
 
 def _source_dirs(root: Path) -> list[str]:
     try:
-        document: Any = yaml.safe_load((root / "dbt_project.yml").read_text(encoding="utf-8"))
+        document: Any = yaml.load((root / "dbt_project.yml").read_bytes(), Loader=_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         document = None
     config = document if isinstance(document, dict) else {}
