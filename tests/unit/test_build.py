@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from dlh_airflow_common.task_graph.build import ManifestUse, ensure_graph, find_graph, locate
+from dlh_airflow_common.exceptions.dbt import DbtException
+from dlh_airflow_common.task_graph.build import (
+    ManifestUse,
+    ensure_graph,
+    find_graph,
+    graph_command,
+    locate,
+    require_graph,
+)
 from dlh_airflow_common.task_graph.graph_file import GraphFile, Selection
 from repo_paths import REPO_ROOT
 
@@ -84,3 +92,18 @@ def test_a_failed_build_leaves_no_entry(project: Path, tmp_path: Path) -> None:
     location = locate(project, Selection(), cache)
     assert not location.path.exists()
     assert not list(location.directory.glob("*.json")) and not list(location.directory.glob(".*.tmp"))
+
+
+def test_a_missing_or_stale_graph_says_what_to_run(project: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    selection = Selection(select=("+item_report", "tag:a b"), selector=None, target="prod")
+    command = f"dlh-dbt graph {project} --select +item_report 'tag:a b' --target prod"
+    assert graph_command(project, selection) == command
+    with pytest.raises(DbtException, match="has not been built") as info:
+        require_graph(project, selection, cache)
+    assert command in str(info.value)
+    built = ensure_graph(project, selection, CountingLister(), cache)
+    assert require_graph(project, selection, cache) == built.graph
+    (project / "models" / "base" / "stg_kinds.sql").write_text("select 3 as kind")
+    with pytest.raises(DbtException, match="is stale"):
+        require_graph(project, selection, cache)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import msgspec
 
 from dlh_airflow_common.dbt.deps import DEFAULT_LOCK_TIMEOUT, file_lock
 from dlh_airflow_common.dbt.run_dir import sanitize
+from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.task_graph.graph_file import (
     FORMAT_VERSION,
     GraphFile,
@@ -76,6 +78,36 @@ def find_graph(project_dir: str | os.PathLike[str], selection: Selection, cache_
     """The fresh graph file for this project content and selection, or None when it must be built."""
     location = locate(project_dir, selection, cache_root)
     return read_graph(location.path) if location.path.is_file() else None
+
+
+def graph_command(project_dir: str | os.PathLike[str], selection: Selection) -> str:
+    """The ``dlh-dbt graph`` command line that builds the entry for ``selection`` (for messages)."""
+    words = ["dlh-dbt", "graph", shlex.quote(str(project_dir))]
+    for flag, values in (("--select", selection.select), ("--exclude", selection.exclude)):
+        if values:
+            words += [flag, *(shlex.quote(value) for value in values)]
+    for flag, value in (("--selector", selection.selector), ("--target", selection.target)):
+        if value is not None:
+            words += [flag, shlex.quote(value)]
+    return " ".join(words)
+
+
+def require_graph(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphFile:
+    """The fresh graph file, or a ``DbtException`` saying it is missing or stale and what to run.
+
+    :param project_dir: The dbt project.
+    :param selection: The selection arguments the graph was built for.
+    :param cache_root: The cache root (``partial_parse.cache_root``).
+    """
+    location = locate(project_dir, selection, cache_root)
+    if location.path.is_file():
+        return read_graph(location.path)
+    others = list(location.directory.glob(f"{location.selection_key}-*.json"))
+    state = "is stale (the project changed since it was built)" if others else "has not been built"
+    raise DbtException(
+        f"The task graph of {project_dir} for this selection {state}; build it with: "
+        f"{graph_command(project_dir, selection)} (cache {cache_root})."
+    )
 
 
 @dataclass(frozen=True)
