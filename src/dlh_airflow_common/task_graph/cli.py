@@ -54,6 +54,7 @@ def hook_lister(logger: logging.Logger | None = None, **hook_kwargs: Any) -> Lis
         if selection.target is not None:
             kwargs["target"] = selection.target
         kwargs.setdefault("run_report", False)
+        kwargs["ascii_only"] = False  # the ids are read back from the logged lines: they must keep every character
         hook = DbtHook(logger=listed, **kwargs)
         made: list[GraphFile] = []
 
