@@ -10,7 +10,7 @@ TEST_SYSTEM_PACKAGES := /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/bin
 # Every test run ends with its 25 slowest tests; `make test PYTEST_ARGS=...` adds options (a later --durations wins).
 override PYTEST_ARGS := --durations=25 $(PYTEST_ARGS)
 
-.PHONY: install system-packages demo test lint typecheck lock clean bench
+.PHONY: install system-packages demo test test-min lint typecheck lock lock-min clean bench
 
 install: $(STAMP)
 
@@ -30,6 +30,20 @@ demo: install
 TEST_WORKERS ?= 3
 test: install system-packages
 	bash scripts/run_tests.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The unit suite against the minimum pair (requirements/constraints-min.txt: oldest declared Airflow and
+# dbt-core) in its own virtualenv, .venv-min.
+MIN_VENV := .venv-min
+MIN_EXTRAS := duckdb,postgres,s3,openlineage,statsd,dev
+MIN_STAMP := $(MIN_VENV)/.installed
+$(MIN_STAMP): pyproject.toml requirements/constraints-min.txt
+	@test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade "pip>=23.2"
+	$(MIN_VENV)/bin/python -m pip install --quiet -c requirements/constraints-min.txt -e ".[$(MIN_EXTRAS)]"
+	@touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	$(MIN_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts examples bench
@@ -51,5 +65,9 @@ bench: install
 lock:
 	bash scripts/lock.sh $(PYTHON) $(EXTRAS) $(LOCK_ARGS)
 
+# The minimum lock (requirements/constraints-min.txt) from requirements/min.in and pyproject.toml.
+lock-min:
+	bash scripts/lock.sh $(PYTHON) $(MIN_EXTRAS) --min
+
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) .airflow .pytest_cache .mypy_cache .ruff_cache

@@ -6,12 +6,11 @@ import tomllib
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from airflow._shared.module_loading import import_string
-from airflow.plugins_manager import is_valid_plugin
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from airflow_compat import import_string, is_valid_plugin
 from dlh_airflow_common.plugins import dbt_ui
 from repo_paths import REPO_ROOT
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from airflow_compat import sdk_stats
 from dlh_airflow_common.dbt import metrics
 from dlh_airflow_common.dbt.artifacts import RunSummary
 
@@ -113,6 +114,4 @@ def test_emit_sends_timers_as_timedeltas_and_survives_a_broken_backend(caplog: p
 
 
 def test_airflow_stats_is_the_sdk_stats() -> None:
-    from airflow.sdk.observability.stats import Stats
-
-    assert metrics.airflow_stats() is Stats
+    assert metrics.airflow_stats() is sdk_stats()

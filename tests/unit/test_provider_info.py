@@ -10,8 +10,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from airflow_compat import FORMS_FROM_PROVIDER_INFO, forget_discovered_providers
 from dlh_airflow_common import get_provider_info
-from dlh_airflow_common.hooks.connection_forms import CONNECTION_TYPES
+from dlh_airflow_common.hooks.connection_forms import CONNECTION_TYPES, ui_field_behaviour
 from dlh_airflow_common.hooks.dbt_connection_types import (
     ClickHouseConnectionHook,
     DbtConnectionHook,
@@ -78,6 +79,7 @@ def test_providers_manager_discovers_the_provider_and_its_hooks(providers_manage
         assert info.hook_class_name.startswith("dlh_airflow_common.hooks.dbt_connection_types.")
 
 
+@pytest.mark.skipif(not FORMS_FROM_PROVIDER_INFO, reason="Airflow < 3.2 reads the form from the hook classes")
 def test_connection_form_metadata(providers_manager: Any) -> None:
     meta = {m.connection_type: m for m in providers_manager.iter_connection_type_hook_ui_metadata()}
     assert meta["duckdb"].hook_name == "DuckDB (dbt)"
@@ -89,10 +91,25 @@ def test_connection_form_metadata(providers_manager: Any) -> None:
     assert widgets["extra__dremio__method"].field["schema"]["enum"] == ["password", "pat", "cloud", None]
 
 
+@pytest.mark.parametrize("hook_class", [DbtConnectionHook, DuckDBConnectionHook, DremioConnectionHook])
+def test_hook_classes_carry_the_form_only_where_airflow_reads_them(hook_class: type) -> None:
+    own = {"get_ui_field_behaviour", "get_connection_form_widgets"} & set(hook_class.__dict__)
+    assert own == (set() if FORMS_FROM_PROVIDER_INFO else {"get_ui_field_behaviour", "get_connection_form_widgets"})
+
+
+def test_ui_field_behaviour_is_the_provider_infos() -> None:
+    assert ui_field_behaviour("duckdb") == {
+        "hidden_fields": ["port", "login"],
+        "relabeling": {"host": "Database path", "schema": "Schema", "password": "MotherDuck token"},
+        "placeholders": {"host": "/data/warehouse.duckdb or md:my_db", "schema": "main"},
+    }
+
+
 def test_api_server_form_metadata() -> None:
     """What the connection form of the Airflow 3 UI receives from the API server."""
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
+    forget_discovered_providers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         by_type = {m.connection_type: m for m in HookMetaService.hook_meta_data()}

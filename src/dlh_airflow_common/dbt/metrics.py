@@ -107,10 +107,10 @@ def run_metrics(
 
 
 def airflow_stats() -> StatsLike:
-    """Airflow's ``Stats`` (task SDK location in 3.1+, the core one before)."""
+    """Airflow's ``Stats`` (task SDK location from 3.2, the core one before)."""
     try:
         from airflow.sdk.observability.stats import Stats
-    except ImportError:  # Airflow 3.0
+    except ImportError:  # Airflow 3.1
         from airflow.stats import Stats  # type: ignore[no-redef,attr-defined]
     return Stats  # type: ignore[return-value]
 

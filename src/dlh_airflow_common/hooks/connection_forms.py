@@ -113,3 +113,48 @@ CONNECTION_TYPES: list[dict[str, Any]] = [
         },
     },
 ]
+
+
+def _entry(conn_type: str) -> dict[str, Any]:
+    return next(entry for entry in CONNECTION_TYPES if entry["connection-type"] == conn_type)
+
+
+def ui_field_behaviour(conn_type: str) -> dict[str, Any]:
+    """The form's field behaviour for ``conn_type`` as a hook's ``get_ui_field_behaviour`` returns it.
+
+    :param conn_type: one of the connection types in ``CONNECTION_TYPES``.
+    """
+    behaviour = _entry(conn_type)["ui-field-behaviour"]
+    return {
+        "hidden_fields": list(behaviour["hidden-fields"]),
+        "relabeling": dict(behaviour["relabeling"]),
+        "placeholders": dict(behaviour["placeholders"]),
+    }
+
+
+def connection_form_widgets(conn_type: str) -> dict[str, Any]:
+    """The form's extra fields for ``conn_type`` as WTForms fields (a hook's ``get_connection_form_widgets``).
+
+    Airflow before 3.2 reads the form only from hooks; its API server stands in its own mocks for wtforms and
+    flask_appbuilder, and without them the ImportError makes Airflow skip the widgets (logged, not raised).
+
+    :param conn_type: one of the connection types in ``CONNECTION_TYPES``.
+    """
+    from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+    from flask_babel import lazy_gettext
+    from wtforms import BooleanField, IntegerField, StringField
+    from wtforms.validators import Optional, any_of
+
+    field_classes = {"string": StringField, "integer": IntegerField, "boolean": BooleanField}
+    widgets: dict[str, Any] = {}
+    for name, field in _entry(conn_type).get("conn-fields", {}).items():
+        schema = field["schema"]
+        kind = next(t for t in schema["type"] if t != "null")
+        validators: list[Any] = [Optional()]
+        if "enum" in schema:
+            validators.append(any_of(schema["enum"]))
+        options: dict[str, Any] = {"validators": validators, "description": field["description"]}
+        if kind != "boolean":
+            options["widget"] = BS3TextFieldWidget()
+        widgets[name] = field_classes[kind](lazy_gettext(field["label"]), **options)
+    return widgets
