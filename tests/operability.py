@@ -18,7 +18,6 @@ from typing import Any
 from dag_runner import DagTestRun
 
 TESTS_DIR = Path(__file__).resolve().parent
-_MARKER = "@@DAG_RESULT@@"
 
 _HEADER = """\
 from datetime import datetime
@@ -54,7 +53,8 @@ _CHILD = textwrap.dedent(
     from dag_runner import run_dag_file
     run = run_dag_file(Path({dag_file!r}), Path({dags_folder!r}), {dag_id!r})
     xcoms = [[task, key, value] for (task, key), value in run.xcoms.items()]
-    print({marker!r} + json.dumps({{"state": run.state, "task_states": run.task_states, "xcoms": xcoms}}, default=str))
+    result = {{"state": run.state, "task_states": run.task_states, "xcoms": xcoms}}
+    Path({result_file!r}).write_text(json.dumps(result, default=str))
     """
 )
 
@@ -62,9 +62,19 @@ _CHILD = textwrap.dedent(
 def run_dag_in_subprocess(
     dag_file: Path, dags_folder: Path, dag_id: str, env: Mapping[str, str], timeout: float = 600
 ) -> tuple[DagTestRun, str]:
-    """Run the DAG under ``dag.test()`` in a new interpreter with ``env`` added; returns the run and its output."""
+    """Run the DAG under ``dag.test()`` in a new interpreter with ``env`` added; returns the run and its output.
+
+    The run comes back in a file of its own: on stdout, a log line written by another thread or process of the
+    child (the OpenLineage client's) could land inside it.
+    """
+    result_file = dag_file.with_suffix(".result.json")
+    result_file.unlink(missing_ok=True)
     code = _CHILD.format(
-        tests=str(TESTS_DIR), dag_file=str(dag_file), dags_folder=str(dags_folder), dag_id=dag_id, marker=_MARKER
+        tests=str(TESTS_DIR),
+        dag_file=str(dag_file),
+        dags_folder=str(dags_folder),
+        dag_id=dag_id,
+        result_file=str(result_file),
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -75,9 +85,8 @@ def run_dag_in_subprocess(
         check=False,
     )
     output = proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARKER)]
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or not result_file.exists():
         raise AssertionError(f"DAG run in a subprocess failed ({proc.returncode}):\n{output[-6000:]}")
-    data = json.loads(lines[-1][len(_MARKER) :])
+    data = json.loads(result_file.read_text())
     xcoms = {(task, key): value for task, key, value in data["xcoms"]}
     return DagTestRun(state=data["state"], task_states=data["task_states"], xcoms=xcoms), output
