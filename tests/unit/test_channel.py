@@ -431,3 +431,43 @@ def test_writer_and_reader_go_through_a_flaky_store(tmp_path: Path) -> None:
 def test_retry_backoff_is_short_and_jittered() -> None:
     assert channel_module._RETRY_WAIT["multiplier"] <= 0.5 and channel_module._RETRY_WAIT["max"] <= 2.0
     assert channel_module._RETRY_WAIT["jitter"] > 0 and 2 <= STORE_ATTEMPTS <= 5
+
+
+def test_node_results_carry_every_node_and_a_failed_nodes_message(tmp_path: Path) -> None:
+    spec = ChannelSpec.for_run(tmp_path, None, node_results=True)
+    assert ChannelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    writer = ChannelWriter(spec, command="build", prior_results={"model.shop.raw": "success"})
+    writer.event(node_event(1, "orders"))
+    writer.event(node_event(2, "bad", "error"))
+    finished = {"info": {"name": "NodeFinished", "level": "debug"},
+                "data": {"node_info": {"unique_id": "model.shop.bad"},
+                         "run_result": {"status": "error", "message": "Runtime Error: " + "z" * 5000}}}  # fmt: skip
+    writer.event(finished)
+    closing = {"info": {"name": "RunResultError", "level": "error"},
+               "data": {"msg": "later text", "node_info": {"unique_id": "model.shop.bad"}}}  # fmt: skip
+    writer.event(closing)
+    writer.heartbeat()
+    results = ChannelReader(spec).status().results
+    assert results["model.shop.raw"] == {"status": "success"}, "a resumed try carries its previous try's results"
+    assert results["model.shop.orders"] == {"status": "success"}
+    bad = results["model.shop.bad"]
+    assert bad["status"] == "error" and bad["message"].startswith("Runtime Error: ") and len(bad["message"]) <= 2000
+    for index in range(3, NODE_RING + 20):  # every node stays, however far the ring has moved on
+        writer.event(node_event(index, f"m{index}"))
+    writer.heartbeat()
+    assert len(ChannelReader(spec).status().results) == NODE_RING + 20
+
+
+def test_a_closing_run_result_error_names_the_message_when_no_node_finished_came(tmp_path: Path) -> None:
+    writer = ChannelWriter(ChannelSpec(str(tmp_path), node_results=True), command="build")
+    writer.event(node_event(1, "bad", "error"))
+    closing = {"msg": "Database Error in model bad", "node_info": {"unique_id": "model.shop.bad"}}
+    writer.event({"info": {"name": "RunResultError", "level": "error"}, "data": closing})
+    assert writer.status.results == {"model.shop.bad": {"status": "error", "message": "Database Error in model bad"}}
+
+
+def test_a_plain_run_keeps_no_node_results(tmp_path: Path) -> None:
+    writer = ChannelWriter(ChannelSpec(str(tmp_path)), command="build", prior_results={"model.shop.raw": "success"})
+    writer.event(node_event(1, "orders"))
+    writer.heartbeat()
+    assert ChannelReader(ChannelSpec(str(tmp_path))).status().results is None

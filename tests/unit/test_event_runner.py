@@ -265,3 +265,18 @@ def test_skip_teardown_after_leaves_a_raising_main_to_the_normal_exit(tmp_path: 
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in proc.stderr
     assert proc.stdout.splitlines() == ["later handler ran", "torn down"], "nothing recorded: the full exit ran"
+
+
+def test_event_dict_forwards_the_debug_node_finished_of_a_failed_node_only() -> None:
+    from dbt.events.types import NodeFinished
+    from dbt_common.events.base_types import msg_from_base_event
+
+    def finished(status: str) -> Any:
+        run_result = {"status": status, "message": f"Runtime Error in model x ({status})", "thread": "Thread-1"}
+        return msg_from_base_event(NodeFinished(node_info={"unique_id": "model.shop.x"}, run_result=run_result))
+
+    failed = event_dict(finished("error"))
+    assert failed is not None and failed["info"]["name"] == "NodeFinished" and failed["info"]["level"] == "debug"
+    assert failed["data"]["run_result"]["message"] == "Runtime Error in model x (error)"
+    assert event_dict(finished("fail")) is not None, "a failed test's message comes through too"
+    assert event_dict(finished("success")) is None and event_dict(finished("pass")) is None

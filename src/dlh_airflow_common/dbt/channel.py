@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from dlh_airflow_common.dbt.events import compact_node_event, is_error_event
+from dlh_airflow_common.dbt.events import NODE_FAILURE_STATUSES, compact_node_event, is_error_event
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -42,6 +42,7 @@ CANCEL_FILE = "cancel.json"
 ARTIFACTS_FILE = "artifacts.tar.gz"
 NODE_RING = 200  # node results a status carries; a reader that falls further behind logs a count instead
 MAX_ERROR_EVENTS = 200
+MAX_RESULT_MESSAGE = 2000  # characters of a failed node's message kept in a status's ``results``
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a remote run whose heartbeat has not moved for this long is lost
 _PACKED_TARGET_SKIP = frozenset({"partial_parse.msgpack", "graph.gpickle"})  # large and only dbt's own cache
@@ -82,20 +83,29 @@ class ChannelSpec:
     """Where one run's channel is, as plain JSON without secrets: the run dir on the worker and the remote prefix.
 
     ``url`` is the run's own prefix (``<run_channel>/<run name>``); None means the run dir is the channel.
+    ``node_results``: the status also carries every node's result (``RunStatus.results``), for readers that
+    wait for one node each (a task graph's node tasks); off for a plain run, whose status stays small.
     """
 
     run_dir: str
     url: str | None = None
     conn_id: str | None = None
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    node_results: bool = False
 
     @classmethod
     def for_run(
-        cls, run_dir: Path, base_url: str | None, conn_id: str | None = None, *, heartbeat_interval: float | None = None
+        cls,
+        run_dir: Path,
+        base_url: str | None,
+        conn_id: str | None = None,
+        *,
+        heartbeat_interval: float | None = None,
+        node_results: bool = False,
     ) -> ChannelSpec:
         url = f"{base_url.rstrip('/')}/{run_dir.name}" if base_url else None
         interval = DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else float(heartbeat_interval)
-        return cls(str(run_dir), url, conn_id if url else None, interval)
+        return cls(str(run_dir), url, conn_id if url else None, interval, node_results)
 
     @property
     def remote(self) -> bool:
@@ -119,7 +129,10 @@ class ChannelSpec:
 @dataclass
 class RunStatus:
     """The status document: the only thing a poll reads. ``stopped`` says the runner itself stopped dbt
-    (``killed`` on a cancel request, ``timeout`` at its deadline)."""
+    (``killed`` on a cancel request, ``timeout`` at its deadline). ``results`` (only with
+    ``ChannelSpec.node_results``) maps every node dbt reported to ``{"status": ..., "message": ...}``, the
+    message for failed nodes only, and includes the results a resumed try carried over from the one before.
+    """
 
     state: str = "running"
     command: str = "dbt"
@@ -135,6 +148,7 @@ class RunStatus:
     node_count: int = 0
     nodes: list[dict[str, Any]] = field(default_factory=list)
     artifacts: bool = False
+    results: dict[str, dict[str, Any]] | None = None
 
     @property
     def finished(self) -> bool:
@@ -352,12 +366,21 @@ class ChannelWriter:
     """The runner's side, the only writer of the status and the artifacts. Thread-safe: dbt's events come
     from the runner's main loop while heartbeats come from its own thread."""
 
-    def __init__(self, spec: ChannelSpec, *, command: str, store: ChannelStore | None = None) -> None:
+    def __init__(
+        self,
+        spec: ChannelSpec,
+        *,
+        command: str,
+        store: ChannelStore | None = None,
+        prior_results: Mapping[str, str] | None = None,
+    ) -> None:
         self.spec = spec
         self._store = store
         self._lock = threading.Lock()
         self.status = RunStatus(command=command, host=socket.gethostname(), runner_pid=os.getpid(),
                                 started_at=time.time())  # fmt: skip
+        if spec.node_results:
+            self.status.results = {uid: {"status": status} for uid, status in (prior_results or {}).items()}
 
     @property
     def store(self) -> ChannelStore:
@@ -376,6 +399,8 @@ class ChannelWriter:
                 status.node_count += 1
                 status.nodes.append({**compact, "seq": status.node_count})
                 del status.nodes[:-NODE_RING]
+            if status.results is not None:
+                _record_result(status.results, event, compact)
 
     def heartbeat(self) -> None:
         """Publish the status so far (one write): readers see the run alive and its progress."""
@@ -445,6 +470,34 @@ class ChannelReader:
     def remove(self) -> None:
         """Remove the channel's documents (a local run dir goes with the run's own clean-up)."""
         self.store.remove()
+
+
+def _record_result(
+    results: dict[str, dict[str, Any]], event: Mapping[str, Any], compact: Mapping[str, Any] | None
+) -> None:
+    """Fold one event into ``results``: a node's status from its result line, a failed node's message from dbt's
+    ``NodeFinished`` (as the event runner forwards it) or its closing ``RunResultError``."""
+    if compact is not None:
+        node_info = compact["data"]["node_info"]
+        results.setdefault(node_info["unique_id"], {})["status"] = node_info["node_status"]
+        return
+    info = event.get("info") or {}
+    data = event.get("data") or {}
+    unique_id = (data.get("node_info") or {}).get("unique_id")
+    if not unique_id:
+        return
+    message: Any = None
+    if info.get("name") == "NodeFinished":
+        run_result = data.get("run_result") or {}
+        if str(run_result.get("status", "")).lower() in NODE_FAILURE_STATUSES:
+            message = run_result.get("message")
+            results.setdefault(unique_id, {}).setdefault("status", str(run_result["status"]).lower())
+    elif info.get("name") == "RunResultError":
+        message = data.get("msg")
+    if message and not results.get(unique_id, {}).get("message"):
+        text = str(message)
+        short = text if len(text) <= MAX_RESULT_MESSAGE else text[: MAX_RESULT_MESSAGE - 3] + "..."
+        results.setdefault(unique_id, {})["message"] = short
 
 
 def pack(files: Iterable[tuple[Path, str]]) -> bytes:

@@ -163,7 +163,9 @@ def _run(run_dir: Path) -> int:
     if spec is None:
         raise SystemExit(f"no readable {SPEC_FILE} in {run_dir}")
     channel = ChannelSpec.from_dict(spec.get("channel")) or ChannelSpec(str(run_dir))
-    writer = ChannelWriter(channel, command=str(spec.get("command") or "dbt"))
+    prior = spec.get("prior_results")
+    writer = ChannelWriter(channel, command=str(spec.get("command") or "dbt"),
+                           prior_results=prior if isinstance(prior, dict) else None)  # fmt: skip
     # A Python handler (unlike SIG_IGN) is reset by exec, so dbt still gets SIGINT and cancels its queries,
     # while this runner survives long enough to write the status.
     signal.signal(signal.SIGINT, lambda *_: None)

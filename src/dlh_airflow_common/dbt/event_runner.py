@@ -5,7 +5,7 @@ drops them: on a 500-model build that conversion alone costs dbt about 4 % of it
 checks the level first, so the subprocess mode pays no more than plain ``dbt``. It also freezes the
 heap once dbt starts running nodes (see ``freeze_parsed_heap``). Used as
 ``python -m dlh_airflow_common.dbt.event_runner <dbt args>``; exit codes are the dbt CLI's
-(0 success, 1 failed nodes, 2 error). Imports nothing but the standard library until dbt runs.
+(0 success, 1 failed nodes, 2 error). Imports nothing but the standard library (and ``events``) until dbt runs.
 """
 
 from __future__ import annotations
@@ -22,17 +22,30 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dlh_airflow_common.dbt.events import NODE_FAILURE_STATUSES
+
 # dbt's console logger is off (the runner writes the events); the full debug log still goes to dbt.log.
 RUNNER_LOG_ARGS: tuple[str, ...] = ("--log-level", "none", "--log-level-file", "debug", "--log-format-file", "debug")
 
 
 def event_dict(message: Any) -> dict[str, Any] | None:
-    """The dict dbt writes for ``message`` with ``--log-format json``, or None for a debug event nobody reads."""
-    if message.info.level == "debug":
+    """The dict dbt writes for ``message`` with ``--log-format json``, or None for a debug event nobody reads.
+
+    One debug event is read: ``NodeFinished`` of a failed node, which carries its message while the run goes on
+    (dbt's info-level result line does not; its ``RunResultError`` comes only at the end of the run).
+    """
+    if message.info.level == "debug" and not _failed_node_finished(message):
         return None
     from dbt_common.events.functions import msg_to_dict
 
     return msg_to_dict(message)
+
+
+def _failed_node_finished(message: Any) -> bool:
+    if message.info.name != "NodeFinished":
+        return False
+    status = str(getattr(getattr(message.data, "run_result", None), "status", "")).lower()
+    return status in NODE_FAILURE_STATUSES
 
 
 # dbt fires this once its manifest and graph are built, right before the first node runs.

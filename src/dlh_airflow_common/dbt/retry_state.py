@@ -99,6 +99,28 @@ def restore(
     return "retry" if complete else "exclude-succeeded"
 
 
+FINISHED_STATUSES = frozenset({"success", "pass", "warn"})  # what ``dbt retry`` and ``result:success`` leave out
+
+
+def finished_nodes(run_dir: Path, target_path: Path | None = None) -> dict[str, str]:
+    """The nodes the staged previous try finished (``restore`` put its run_results.json in place), with their
+    status: a resumed try does not run them again, so whoever waits for one learns its result from here."""
+    for staged in ((target_path or run_dir / "target") / RUN_RESULTS, run_dir / STATE_SUBDIR / RUN_RESULTS):
+        try:
+            content = json.loads(staged.read_bytes())
+        except (OSError, ValueError):
+            continue
+        results = content.get("results") if isinstance(content, dict) else None
+        return {
+            str(entry["unique_id"]): str(entry.get("status")).lower()
+            for entry in results or ()
+            if isinstance(entry, dict)
+            and entry.get("unique_id")
+            and str(entry.get("status")).lower() in FINISHED_STATUSES
+        }
+    return {}
+
+
 def save(
     store: ChannelStore,
     target_path: Path,

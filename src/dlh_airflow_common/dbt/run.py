@@ -191,12 +191,14 @@ class DbtRun:
         *,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         channel_connection: Callable[[str], str] | None = None,
+        node_results: bool = False,
     ) -> DetachedProcess:
         """Start dbt so that it outlives this process; ``collect`` turns the trigger's event into the result.
 
         ``channel_connection(conn_id)`` gives the run channel's connection as ``AIRFLOW_CONN_*`` JSON for the
-        runner (never for dbt). No in-try retries here: Airflow's retries and ``retry_from_failure`` cover
-        a failed detached run.
+        runner (never for dbt). ``node_results`` makes the channel carry every node's result (task graphs),
+        including the ones a resumed try's previous try finished. No in-try retries here: Airflow's retries
+        and ``retry_from_failure`` cover a failed detached run.
         """
         run_dir = self._new_run_dir(project)
         try:
@@ -207,7 +209,7 @@ class DbtRun:
                    ORPHAN_GRACE_ENV: str(self.settings.grace_period)}  # fmt: skip
             channel = ChannelSpec.for_run(
                 run_dir.path, self.settings.run_channel, self.settings.run_channel_conn_id,
-                heartbeat_interval=heartbeat_interval,
+                heartbeat_interval=heartbeat_interval, node_results=node_results,
             )  # fmt: skip
             if channel.conn_id:  # the runner reads it as Airflow reads AIRFLOW_CONN_*; it never reaches dbt
                 if channel_connection is None:
@@ -221,6 +223,9 @@ class DbtRun:
                 "grace_period": self.settings.grace_period,
                 "pack": [[str(run_dir.target_path), "target"], [str(run_dir.log_path), "logs"]],
                 "keep_channel": self.settings.keep_target_artifacts,
+                "prior_results": retry_state.finished_nodes(run_dir.path, run_dir.target_path)
+                if node_results and first is not command
+                else {},  # a resumed try: what its previous try finished
             }
             process = launch(run_dir.path, argv, env, meta=meta, channel=channel)
         except BaseException:

@@ -230,13 +230,15 @@ class DbtHook(BaseHook):
         *,
         run_name: str | None = None,
         resume_state: str | os.PathLike[str] | None = None,
+        node_results: bool = False,
     ) -> DetachedProcess:
         """Start dbt so that it outlives this process (deferrable tasks); ``finish_detached`` collects it.
 
         Raises like ``run_dbt_task`` on bad input, and ``DbtException`` when the runner does not start.
         The generated profile lives in the run dir (only ``env_var`` references; secrets stay in dbt's
         environment) and goes with it. No in-try retries here: Airflow's retries and
-        ``retry_from_failure`` cover a failed detached run. The arguments are ``run_dbt_task``'s.
+        ``retry_from_failure`` cover a failed detached run. The arguments are ``run_dbt_task``'s, plus
+        ``node_results``: the run channel carries every node's result (what a task graph's node tasks read).
         """
         project, dbt_command = self._prepare(
             command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
@@ -248,6 +250,7 @@ class DbtHook(BaseHook):
             return run.launch(
                 project, dbt_command, prepared, heartbeat_interval=interval,
                 channel_connection=lambda conn_id: str(self.get_connection(conn_id).as_json()),
+                node_results=node_results,
             )  # fmt: skip
 
     def finish_detached(

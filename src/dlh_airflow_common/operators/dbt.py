@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 
 from dlh_airflow_common.dbt import retry_state
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec
-from dlh_airflow_common.dbt.detached import stop_group
+from dlh_airflow_common.dbt.detached import DetachedProcess, stop_group
 from dlh_airflow_common.dbt.invocation import DEFAULT_GRACE_PERIOD, InvocationMode
 from dlh_airflow_common.dbt.retry_state import resume_state_dir, resume_state_url
 from dlh_airflow_common.dbt.run_dir import run_dir_name
@@ -294,8 +294,9 @@ class DbtOperator(BaseOperator):
         """Start dbt detached, then free the worker slot until the trigger reports it finished."""
         if not self.hook.run_channel:
             refuse_local_channel_on_kubernetes(getattr(self, "executor", None))
-        process = self.hook.start_detached(**self._command_options(context, run_name))
+        process = self.hook.start_detached(**self._command_options(context, run_name), **self._detached_options())
         self._detached_process = process
+        self._launched(context, process)
         channel = ChannelSpec.from_dict(process.channel) or ChannelSpec(process.run_dir)
         status = ChannelReader(channel).status() if not channel.remote else None
         if status is not None and status.finished:  # finished already: no need to defer
@@ -317,15 +318,25 @@ class DbtOperator(BaseOperator):
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 
+    def _detached_options(self) -> dict[str, Any]:
+        """More ``start_detached`` arguments of a subclass (a task graph's build asks for node results)."""
+        return {}
+
+    def _launched(self, context: Context, process: DetachedProcess) -> None:
+        """Called once dbt runs detached, before the task defers (a task graph's build announces its channel)."""
+
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume on the worker: load artifacts, log the summary, push XCom, clean up, raise typed errors."""
-        result = self.hook.finish_detached(
+        return self._finish(context, self._collect(context, event))
+
+    def _collect(self, context: Context, event: dict[str, Any]) -> DbtTaskResult:
+        """The detached run's result from the trigger's event, after the same clean-up as a sync run."""
+        return self.hook.finish_detached(
             event,
             resume_state=self._resume_state(context) if self.retry_from_failure else None,
             post_run=lambda result: self._after_run(context, result),
             raise_on_failure=False,
         )
-        return self._finish(context, result)
 
     def _after_run(self, context: Context, result: DbtTaskResult) -> None:
         """Runs while the run dir still exists, on success and failure: artifact upload, lineage, metrics."""

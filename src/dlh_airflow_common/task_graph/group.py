@@ -1,0 +1,300 @@
+"""DbtTaskGroup and DbtDag: a dbt project as Airflow tasks, rendered from the cached graph file without dbt.
+
+``one_process`` (default): one ``dbt_build`` task runs ``dbt build`` for the whole selection, detached; each
+node task follows its node's result through the build's run channel. ``per_node``: each node task runs
+``dbt build`` of its node and the tests placed with it. Airflow dependencies between node tasks mirror dbt's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from airflow.sdk import DAG, TaskGroup
+
+from dlh_airflow_common.dbt.partial_parse import cache_root
+from dlh_airflow_common.exceptions.dbt import DbtException
+from dlh_airflow_common.task_graph.build import ensure_graph, require_graph
+from dlh_airflow_common.task_graph.graph_file import GraphFile, GraphNode, Selection
+from dlh_airflow_common.task_graph.operators import DbtGraphBuildOperator, DbtNodeOperator
+from dlh_airflow_common.task_graph.render import RenderedGraph, TaskSpec, TestBehavior, render
+
+ExecutionMode = Literal["one_process", "per_node"]
+EXECUTION_MODES: tuple[str, ...] = get_args(ExecutionMode)
+BUILD_TASK_ID = "dbt_build"
+_TEST_RESOURCE_TYPES = ("resource_type:test", "resource_type:unit_test")
+_OWN_ARGUMENTS = frozenset({"dbt_project_dir", "dbt_command", "dbt_models", "exclude", "selector", "task_id"})
+
+
+def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def load_graph(
+    dbt_project_dir: str,
+    selection: Selection,
+    *,
+    run_dir_root: str | None = None,
+    graph_cache_dir: str | None = None,
+    build_graph_at_parse: bool = False,
+    hook_kwargs: Mapping[str, Any] | None = None,
+) -> GraphFile:
+    """The project's graph file for ``selection``: the cached one, or (``build_graph_at_parse``) built once
+    under a lock with ``dbt ls``; a missing or stale one otherwise raises, naming the command to run."""
+    root = cache_root(Path(run_dir_root) if run_dir_root else Path(dbt_project_dir) / "target", graph_cache_dir)
+    if not build_graph_at_parse:
+        return require_graph(dbt_project_dir, selection, root)
+    from dlh_airflow_common.task_graph.cli import hook_lister
+
+    lister = hook_lister(dbt_project_dir=dbt_project_dir, run_dir_root=run_dir_root, cache_dir=graph_cache_dir,
+                         **dict(hook_kwargs or {}))  # fmt: skip
+    return ensure_graph(dbt_project_dir, selection, lister, root).graph
+
+
+def node_selector(node: GraphNode) -> str:
+    """dbt's selector for exactly this node: its fully qualified name."""
+    return "fqn:" + ".".join(node.fqn) if node.fqn else node.name
+
+
+def add_graph_tasks(
+    graph: GraphFile,
+    *,
+    dbt_project_dir: str,
+    execution_mode: ExecutionMode = "one_process",
+    test_behavior: TestBehavior = "after_each",
+    group_by_folder: bool = False,
+    operator_args: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create the graph's tasks in the current DAG or task group; returns them by id (``dbt_build`` included).
+
+    :param graph: The graph file (``load_graph``).
+    :param dbt_project_dir: The dbt project.
+    :param execution_mode: ``one_process`` or ``per_node``.
+    :param test_behavior: ``after_each``, ``after_all`` or ``none`` (see ``render``).
+    :param group_by_folder: Nest node tasks in task groups named after their folders.
+    :param operator_args: ``DbtOperator`` arguments for every task (connection, target, vars, retries...).
+    """
+    if execution_mode not in EXECUTION_MODES:
+        raise DbtException(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not {execution_mode!r}.")
+    args = dict(operator_args or {})
+    clash = sorted(_OWN_ARGUMENTS & set(args))
+    if clash:
+        raise DbtException(f"operator_args may not set {', '.join(clash)}: the task graph sets them per task.")
+    rendered = render(graph, test_behavior=test_behavior, group_by_folder=group_by_folder)
+    selection = graph.selection
+    tasks: dict[str, Any] = {}
+    build = None
+    if execution_mode == "one_process":
+        exclude = [*selection.exclude, *(_TEST_RESOURCE_TYPES if test_behavior == "none" else ())]
+        build_id = _free_id(BUILD_TASK_ID, rendered)
+        build = DbtGraphBuildOperator(
+            task_id=build_id, dbt_project_dir=dbt_project_dir, dbt_command="build",
+            dbt_models=list(selection.select) or None, exclude=exclude or None, selector=selection.selector, **args,
+        )  # fmt: skip
+        tasks[build_id] = build
+    nodes = graph.by_id()
+    groups: dict[tuple[str, ...], TaskGroup] = {}
+    for spec in rendered.tasks:
+        with _group_for(spec.group, groups):
+            tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, args, test_behavior)
+    for spec in rendered.tasks:
+        for upstream in spec.upstream:
+            tasks[upstream] >> tasks[spec.full_id]
+    return tasks
+
+
+def _node_task(
+    spec: TaskSpec,
+    nodes: Mapping[str, GraphNode],
+    selection: Selection,
+    project: str,
+    build: DbtGraphBuildOperator | None,
+    args: Mapping[str, Any],
+    test_behavior: TestBehavior,
+) -> DbtNodeOperator:
+    """A node task; its own selection (used in ``per_node`` mode and by a retry after the build ended)."""
+    if spec.kind == "tests" and test_behavior == "after_all":  # the selection's tests, as dbt selects them
+        command, select, exclude, extra = "test", list(selection.select) or None, list(selection.exclude) or None, []
+        selector = selection.selector
+    else:
+        members = [spec.node_id, *spec.tests] if spec.node_id else list(spec.tests)
+        command, select, exclude, selector = "build", [node_selector(nodes[uid]) for uid in members], None, None
+        extra = ["--indirect-selection", "empty"]
+    own_args = dict(args)
+    own_args["dbt_args"] = [*(own_args.get("dbt_args") or ()), *extra]
+    return DbtNodeOperator(
+        task_id=spec.task_id, dbt_node_id=spec.node_id, dbt_tests=spec.tests,
+        build_task_id=build.task_id if build is not None else None,
+        dbt_project_dir=project, dbt_command=command, dbt_models=select, exclude=exclude, selector=selector,
+        **own_args,
+    )  # fmt: skip
+
+
+class _NoGroup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _group_for(path: tuple[str, ...], groups: dict[tuple[str, ...], TaskGroup]) -> Any:
+    """The nested task group for a folder path (created once, parents first); a no-op context for none."""
+    if not path:
+        return _NoGroup()
+    if path not in groups:
+        parent = _group_for(path[:-1], groups) if len(path) > 1 else _NoGroup()
+        with parent:
+            groups[path] = TaskGroup(group_id=path[-1])
+    return groups[path]
+
+
+def _free_id(wanted: str, rendered: RenderedGraph) -> str:
+    taken = {task.full_id for task in rendered.tasks}
+    candidate, number = wanted, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{wanted}_{number}"
+    return candidate
+
+
+class DbtTaskGroup(TaskGroup):
+    """A dbt project (or a selection of it) as a task group: a task per model, seed and snapshot.
+
+    Reads the project's cached graph file at DAG-parse time: no dbt runs and no manifest is decoded. Build the
+    file with ``dlh-dbt graph`` (or set ``build_graph_at_parse``); a missing or stale file is an import error
+    naming the command.
+
+    :param group_id: The task group's id.
+    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``).
+    :param select: dbt ``--select`` of the nodes that become tasks (dbt resolves it, at graph build time).
+    :param exclude: dbt ``--exclude``.
+    :param selector: dbt ``--selector`` from ``selectors.yml``.
+    :param target: The dbt target (part of the graph's cache key).
+    :param conn_id: Airflow connection rendered into the dbt profile (as for ``DbtOperator``).
+    :param profiles_dir: Your own ``profiles.yml`` directory instead of ``conn_id``.
+    :param venv_path: A virtualenv whose dbt runs.
+    :param run_dir_root: Where run dirs and the caches (graph file included) live; default ``<project>/target``.
+    :param execution_mode: ``one_process`` (one ``dbt build``, node tasks follow it) or ``per_node``.
+    :param test_behavior: ``after_each`` (tests with their node, as ``dbt build``), ``after_all`` or ``none``.
+    :param group_by_folder: Nest node tasks in task groups named after their folders.
+    :param graph_cache_dir: The cache root of the graph file (default ``<run_dir_root>/.dlh_cache``).
+    :param build_graph_at_parse: Build a missing or stale graph file while parsing (runs ``dbt ls`` once, under
+        a lock): convenient in development, slow for a DAG processor.
+    :param operator_args: More ``DbtOperator`` arguments for every task (``dbt_vars``, ``threads``,
+        ``deferrable``, ``check_interval``, ``run_channel``, ``retries``...).
+    :param kwargs: ``TaskGroup`` arguments (``tooltip``, ``default_args``, ``prefix_group_id``...).
+    """
+
+    def __init__(
+        self,
+        group_id: str,
+        *,
+        dbt_project_dir: str,
+        select: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        selector: str | None = None,
+        target: str | None = None,
+        conn_id: str | None = None,
+        profiles_dir: str | None = None,
+        venv_path: str | None = None,
+        run_dir_root: str | None = None,
+        execution_mode: ExecutionMode = "one_process",
+        test_behavior: TestBehavior = "after_each",
+        group_by_folder: bool = False,
+        graph_cache_dir: str | None = None,
+        build_graph_at_parse: bool = False,
+        operator_args: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(group_id=group_id, **kwargs)
+        run_args = _run_args(conn_id, profiles_dir, venv_path, run_dir_root, target, operator_args)
+        graph = load_graph(
+            dbt_project_dir, Selection(_as_tuple(select), _as_tuple(exclude), selector, target),
+            run_dir_root=run_dir_root, graph_cache_dir=graph_cache_dir, build_graph_at_parse=build_graph_at_parse,
+            hook_kwargs=_hook_args(conn_id, profiles_dir, venv_path, target),
+        )  # fmt: skip
+        with self:
+            self.dbt_tasks = add_graph_tasks(
+                graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
+                group_by_folder=group_by_folder, operator_args=run_args,
+            )  # fmt: skip
+
+
+def DbtDag(
+    dag_id: str,
+    *,
+    dbt_project_dir: str,
+    select: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    selector: str | None = None,
+    target: str | None = None,
+    conn_id: str | None = None,
+    profiles_dir: str | None = None,
+    venv_path: str | None = None,
+    run_dir_root: str | None = None,
+    execution_mode: ExecutionMode = "one_process",
+    test_behavior: TestBehavior = "after_each",
+    group_by_folder: bool = False,
+    graph_cache_dir: str | None = None,
+    build_graph_at_parse: bool = False,
+    operator_args: Mapping[str, Any] | None = None,
+    **dag_kwargs: Any,
+) -> DAG:
+    """A DAG holding a dbt project's tasks at its top level; arguments as ``DbtTaskGroup``'s, plus ``DAG``'s
+    (``schedule``, ``start_date``, ``default_args``...) as ``dag_kwargs``.
+
+    :param dag_id: The DAG's id.
+    :param dbt_project_dir: See ``DbtTaskGroup``.
+    :param select: See ``DbtTaskGroup``.
+    :param exclude: See ``DbtTaskGroup``.
+    :param selector: See ``DbtTaskGroup``.
+    :param target: See ``DbtTaskGroup``.
+    :param conn_id: See ``DbtTaskGroup``.
+    :param profiles_dir: See ``DbtTaskGroup``.
+    :param venv_path: See ``DbtTaskGroup``.
+    :param run_dir_root: See ``DbtTaskGroup``.
+    :param execution_mode: See ``DbtTaskGroup``.
+    :param test_behavior: See ``DbtTaskGroup``.
+    :param group_by_folder: See ``DbtTaskGroup``.
+    :param graph_cache_dir: See ``DbtTaskGroup``.
+    :param build_graph_at_parse: See ``DbtTaskGroup``.
+    :param operator_args: See ``DbtTaskGroup``.
+    :param dag_kwargs: ``DAG`` arguments.
+    """
+    graph = load_graph(
+        dbt_project_dir, Selection(_as_tuple(select), _as_tuple(exclude), selector, target),
+        run_dir_root=run_dir_root, graph_cache_dir=graph_cache_dir, build_graph_at_parse=build_graph_at_parse,
+        hook_kwargs=_hook_args(conn_id, profiles_dir, venv_path, target),
+    )  # fmt: skip
+    dag = DAG(dag_id=dag_id, **dag_kwargs)
+    with dag:
+        add_graph_tasks(
+            graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
+            group_by_folder=group_by_folder,
+            operator_args=_run_args(conn_id, profiles_dir, venv_path, run_dir_root, target, operator_args),
+        )  # fmt: skip
+    return dag
+
+
+def _run_args(
+    conn_id: str | None,
+    profiles_dir: str | None,
+    venv_path: str | None,
+    run_dir_root: str | None,
+    target: str | None,
+    operator_args: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    named = {"conn_id": conn_id, "profiles_dir": profiles_dir, "venv_path": venv_path,
+             "run_dir_root": run_dir_root, "target": target}  # fmt: skip
+    return {**{key: value for key, value in named.items() if value is not None}, **dict(operator_args or {})}
+
+
+def _hook_args(
+    conn_id: str | None, profiles_dir: str | None, venv_path: str | None, target: str | None
+) -> dict[str, Any]:
+    named = {"conn_id": conn_id, "profiles_dir": profiles_dir, "venv_path": venv_path, "target": target}
+    return {key: value for key, value in named.items() if value is not None}

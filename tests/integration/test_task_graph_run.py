@@ -1,0 +1,101 @@
+"""DbtTaskGroup and DbtDag run with real dbt on DuckDB through ``dag.test()``: examples/shop in one process and
+per node, a failing model (its task failed, its children upstream failed, other branches green), a failing
+test (its model's task fails), and the graph file missing at parse time."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dag_runner import run_dag_file
+from dlh_airflow_common.task_graph.build import ensure_graph
+from dlh_airflow_common.task_graph.cli import hook_lister
+from dlh_airflow_common.task_graph.graph_file import Selection
+from dlh_airflow_common.task_graph.operators import GRAPH_RESULTS_XCOM, NODE_XCOM
+from pg_faults import dbt_processes
+
+pytestmark = pytest.mark.integration
+
+CONN = "graph_duckdb"
+DAG = textwrap.dedent(
+    """
+    from datetime import datetime
+    from airflow.sdk import DAG
+    from dlh_airflow_common.task_graph import DbtTaskGroup
+
+    with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
+        DbtTaskGroup(group_id="shop", dbt_project_dir={project!r}, conn_id={conn!r}, execution_mode={mode!r},
+                     operator_args={{"check_interval": 0.5, "deferrable": {deferrable!r}, "retries": 0}}, {extra})
+    """
+)
+
+
+@pytest.fixture
+def shop(example_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    database = tmp_path / "graph.duckdb"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "duckdb", "host": str(database)}))
+    return example_project
+
+
+def _graph(project: Path, **selection: tuple[str, ...]) -> None:
+    """What ``dlh-dbt graph <project> --conn-id ...`` does, before the DAG is parsed."""
+    lister = hook_lister(dbt_project_dir=project, conn_id=CONN)
+    ensure_graph(project, Selection(**selection), lister, project / "target" / ".dlh_cache")
+
+
+def _run(tmp_path: Path, airflow_db: Path, dag_id: str, project: Path, *, mode: str = "one_process",
+         deferrable: bool = True, extra: str = "") -> object:  # fmt: skip
+    path = tmp_path / f"{dag_id}.py"
+    path.write_text(DAG.format(dag_id=dag_id, project=str(project), conn=CONN, mode=mode, deferrable=deferrable,
+                               extra=extra))  # fmt: skip
+    return run_dag_file(path, airflow_db / "dags", dag_id)
+
+
+def test_shop_in_one_process(shop: Path, airflow_db: Path, tmp_path: Path) -> None:
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_one", shop)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert run.state == "success", states  # type: ignore[attr-defined]
+    assert states["shop.dbt_build"] == "success"
+    node_tasks = {task: state for task, state in states.items() if task != "shop.dbt_build"}
+    # 10 models, seeds and snapshots; 2 relationships tests between independent staging models get tasks of their own
+    assert len(node_tasks) == 12 and set(node_tasks.values()) == {"success"}, node_tasks
+    assert len([task for task in node_tasks if task.startswith("shop.test_relationships_")]) == 2
+    final = run.xcom("shop.dbt_build", GRAPH_RESULTS_XCOM)  # type: ignore[attr-defined]
+    assert len(final["results"]) == 36 and final["success"] is True
+    orders = run.xcom("shop.orders", NODE_XCOM)  # type: ignore[attr-defined]
+    assert orders["verdict"] == "success" and orders["node_id"] == "model.shop.orders"
+    assert {uid for uid, _ in orders["results"]} >= {"model.shop.orders"} and len(orders["results"]) > 1
+    assert dbt_processes(str(shop)) == []
+    assert not list((shop / "target").glob("run_*")), "the build's run dir is removed"
+
+
+def test_shop_per_node(shop: Path, airflow_db: Path, tmp_path: Path) -> None:
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_nodes", shop, mode="per_node", deferrable=False)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert run.state == "success", states  # type: ignore[attr-defined]
+    assert "shop.dbt_build" not in states and len(states) == 12
+    summary = run.xcom("shop.orders", "dbt_summary")  # type: ignore[attr-defined]
+    # the model and the tests placed with it, nothing else
+    assert summary["status_counts"].get("success") == 1 and summary["node_count"] > 1
+
+
+def test_failing_model_fails_its_task_and_its_children(shop: Path, airflow_db: Path, tmp_path: Path) -> None:
+    broken = "select * from {{ ref('raw_payments') }} where nope\n"
+    (shop / "models" / "staging" / "stg_payments.sql").write_text(broken)
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_fail", shop)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert run.state == "failed"  # type: ignore[attr-defined]
+    assert states["shop.stg_payments"] == "failed"
+    assert states["shop.orders"] == "upstream_failed" and states["shop.customers"] == "upstream_failed"
+    assert states["shop.stg_customers"] == "success" and states["shop.stg_orders"] == "success"
+    assert states["shop.dbt_build"] == "failed"
+    final = run.xcom("shop.dbt_build", GRAPH_RESULTS_XCOM)  # type: ignore[attr-defined]
+    assert final["results"]["model.shop.stg_payments"]["status"] == "error"
+    assert "nope" in final["results"]["model.shop.stg_payments"]["message"]
+    assert "nope" in final["compiled_sql"]["model.shop.stg_payments"]
