@@ -28,7 +28,8 @@ DAG = textwrap.dedent(
 
     with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
         DbtTaskGroup(group_id="shop", dbt_project_dir={project!r}, conn_id={conn!r}, execution_mode={mode!r},
-                     operator_args={{"check_interval": 0.5, "deferrable": {deferrable!r}, "retries": 0}}, {extra})
+                     operator_args={{"check_interval": 0.5, "deferrable": {deferrable!r}, "retries": {retries},
+                                    "retry_delay": 1}}, {extra})
     """
 )
 
@@ -47,10 +48,10 @@ def _graph(project: Path, **selection: tuple[str, ...]) -> None:
 
 
 def _run(tmp_path: Path, airflow_db: Path, dag_id: str, project: Path, *, mode: str = "one_process",
-         deferrable: bool = True, extra: str = "") -> object:  # fmt: skip
+         deferrable: bool = True, retries: int = 0, extra: str = "") -> object:  # fmt: skip
     path = tmp_path / f"{dag_id}.py"
     path.write_text(DAG.format(dag_id=dag_id, project=str(project), conn=CONN, mode=mode, deferrable=deferrable,
-                               extra=extra))  # fmt: skip
+                               retries=retries, extra=extra))  # fmt: skip
     return run_dag_file(path, airflow_db / "dags", dag_id)
 
 
@@ -99,3 +100,66 @@ def test_failing_model_fails_its_task_and_its_children(shop: Path, airflow_db: P
     assert final["results"]["model.shop.stg_payments"]["status"] == "error"
     assert "nope" in final["results"]["model.shop.stg_payments"]["message"]
     assert "nope" in final["compiled_sql"]["model.shop.stg_payments"]
+
+
+FLAKY = """\
+{{ config(materialized='table', pre_hook=[before_begin("create table if not exists main.flaky_attempts (n integer)"),
+                                          before_begin("insert into main.flaky_attempts values (1)")]) }}
+-- fails the first time it is built, succeeds from the second time on (the attempts count outside its transaction)
+select case when (select count(*) from main.flaky_attempts) < 2 then error('flaky: first attempt fails') else 1 end
+    as attempt_ok, order_id
+from {{ ref('stg_orders') }}
+"""
+
+
+def _add_flaky(project: Path) -> None:
+    (project / "models" / "marts" / "flaky.sql").write_text(FLAKY)
+    (project / "models" / "marts" / "flaky_child.sql").write_text("select * from {{ ref('flaky') }}\n")
+
+
+def test_a_retried_build_resumes_with_dbt_retry_and_waiting_node_tasks_follow_it(
+    shop: Path, airflow_db: Path, tmp_path: Path
+) -> None:
+    _add_flaky(shop)
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_build_retry", shop, retries=1)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert run.state == "success", states  # type: ignore[attr-defined]
+    assert states["shop.flaky"] == "success" and states["shop.flaky_child"] == "success"
+    final = run.xcom("shop.dbt_build", GRAPH_RESULTS_XCOM)  # type: ignore[attr-defined]
+    assert final["try_number"] == 2 and final["success"] is True
+    # dbt retry ran only what failed or was skipped; what try 1 built was carried over, not run again
+    assert final["results"]["model.shop.flaky"]["status"] == "success"
+    assert final["results"]["model.shop.orders"]["status"] == "success"
+    summary = run.xcom("shop.dbt_build", "dbt_summary")  # type: ignore[attr-defined]
+    assert summary["command"] == "retry" and summary["node_count"] < 10, summary
+
+
+def test_a_node_task_retried_after_the_build_ended_runs_its_node_on_its_own(
+    shop: Path, airflow_db: Path, tmp_path: Path
+) -> None:
+    _add_flaky(shop)
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_node_retry", shop, retries=1, extra='build_args={"retries": 0}')
+    states = run.task_states  # type: ignore[attr-defined]
+    assert states["shop.dbt_build"] == "failed", states
+    assert states["shop.flaky"] == "success", "its second try ran dbt build of the node itself"
+    flaky = run.xcom("shop.flaky", "dbt_summary")  # type: ignore[attr-defined]
+    assert flaky["success"] is True and flaky["status_counts"] == {"success": 1}
+    # dbt skipped the child in the build; nobody retried it: it ends as dbt ended it
+    assert states["shop.flaky_child"] == "skipped"
+
+
+def test_a_failing_test_fails_its_models_task(shop: Path, airflow_db: Path, tmp_path: Path) -> None:
+    (shop / "tests").mkdir(exist_ok=True)
+    (shop / "tests" / "orders_are_empty.sql").write_text("select * from {{ ref('orders') }}\n")
+    _graph(shop)
+    run = _run(tmp_path, airflow_db, "graph_test_fail", shop)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert states["shop.orders"] == "failed", "never green while one of its tests failed"
+    assert states["shop.customers"] == "upstream_failed" and states["shop.stg_orders"] == "success"
+    node = run.xcom("shop.orders", NODE_XCOM)  # type: ignore[attr-defined]
+    assert node["verdict"] == "failed"
+    assert ["test.shop.orders_are_empty", "fail"] in node["results"] and ["model.shop.orders", "success"] in node[
+        "results"
+    ]

@@ -67,6 +67,7 @@ def add_graph_tasks(
     test_behavior: TestBehavior = "after_each",
     group_by_folder: bool = False,
     operator_args: Mapping[str, Any] | None = None,
+    build_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create the graph's tasks in the current DAG or task group; returns them by id (``dbt_build`` included).
 
@@ -76,11 +77,13 @@ def add_graph_tasks(
     :param test_behavior: ``after_each``, ``after_all`` or ``none`` (see ``render``).
     :param group_by_folder: Nest node tasks in task groups named after their folders.
     :param operator_args: ``DbtOperator`` arguments for every task (connection, target, vars, retries...).
+    :param build_args: Arguments for the ``dbt_build`` task only, over ``operator_args`` (its ``retries``,
+        ``execution_timeout``, ``pool``...).
     """
     if execution_mode not in EXECUTION_MODES:
         raise DbtException(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not {execution_mode!r}.")
     args = dict(operator_args or {})
-    clash = sorted(_OWN_ARGUMENTS & set(args))
+    clash = sorted(_OWN_ARGUMENTS & (set(args) | set(build_args or {})))
     if clash:
         raise DbtException(f"operator_args may not set {', '.join(clash)}: the task graph sets them per task.")
     rendered = render(graph, test_behavior=test_behavior, group_by_folder=group_by_folder)
@@ -92,7 +95,8 @@ def add_graph_tasks(
         build_id = _free_id(BUILD_TASK_ID, rendered)
         build = DbtGraphBuildOperator(
             task_id=build_id, dbt_project_dir=dbt_project_dir, dbt_command="build",
-            dbt_models=list(selection.select) or None, exclude=exclude or None, selector=selection.selector, **args,
+            dbt_models=list(selection.select) or None, exclude=exclude or None, selector=selection.selector,
+            **{**args, **dict(build_args or {})},
         )  # fmt: skip
         tasks[build_id] = build
     nodes = graph.by_id()
@@ -186,6 +190,7 @@ class DbtTaskGroup(TaskGroup):
         a lock): convenient in development, slow for a DAG processor.
     :param operator_args: More ``DbtOperator`` arguments for every task (``dbt_vars``, ``threads``,
         ``deferrable``, ``check_interval``, ``run_channel``, ``retries``...).
+    :param build_args: Arguments for the ``dbt_build`` task only, over ``operator_args`` (e.g. its ``retries``).
     :param kwargs: ``TaskGroup`` arguments (``tooltip``, ``default_args``, ``prefix_group_id``...).
     """
 
@@ -208,6 +213,7 @@ class DbtTaskGroup(TaskGroup):
         graph_cache_dir: str | None = None,
         build_graph_at_parse: bool = False,
         operator_args: Mapping[str, Any] | None = None,
+        build_args: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(group_id=group_id, **kwargs)
@@ -220,7 +226,7 @@ class DbtTaskGroup(TaskGroup):
         with self:
             self.dbt_tasks = add_graph_tasks(
                 graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
-                group_by_folder=group_by_folder, operator_args=run_args,
+                group_by_folder=group_by_folder, operator_args=run_args, build_args=build_args,
             )  # fmt: skip
 
 
@@ -242,6 +248,7 @@ def DbtDag(
     graph_cache_dir: str | None = None,
     build_graph_at_parse: bool = False,
     operator_args: Mapping[str, Any] | None = None,
+    build_args: Mapping[str, Any] | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """A DAG holding a dbt project's tasks at its top level; arguments as ``DbtTaskGroup``'s, plus ``DAG``'s
@@ -263,6 +270,7 @@ def DbtDag(
     :param graph_cache_dir: See ``DbtTaskGroup``.
     :param build_graph_at_parse: See ``DbtTaskGroup``.
     :param operator_args: See ``DbtTaskGroup``.
+    :param build_args: See ``DbtTaskGroup``.
     :param dag_kwargs: ``DAG`` arguments.
     """
     graph = load_graph(
@@ -276,6 +284,7 @@ def DbtDag(
             graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
             group_by_folder=group_by_folder,
             operator_args=_run_args(conn_id, profiles_dir, venv_path, run_dir_root, target, operator_args),
+            build_args=build_args,
         )  # fmt: skip
     return dag
 

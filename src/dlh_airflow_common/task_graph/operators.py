@@ -139,6 +139,8 @@ class DbtNodeOperator(DbtOperator):
                 tuple(event.get("missing") or ()),
             )
             return self._end(context, verdict, compiled={}, source="the running build")
+        if ti.try_number > 1 and self._build_state(context) in _ENDED:
+            return self._run_own(context)
         final = ti.xcom_pull(task_ids=self.build_task_id, key=GRAPH_RESULTS_XCOM)
         if isinstance(final, Mapping):
             verdict = judge(final.get("results") or {}, self.dbt_node_id, self.tests, build_finished=True)
@@ -197,13 +199,17 @@ class DbtNodeOperator(DbtOperator):
         if state not in _ENDED:
             return self._wait(context, f"the build is {state or 'not finished'}; following its next try")
         if context["ti"].try_number > 1:
-            self.log.info("The build has ended (%s): running %s in a try of its own", state, self._what())
-            return super().execute(context)
+            return self._run_own(context)
         missing = ", ".join(verdict.missing) if verdict is not None and verdict.missing else self._what()
         raise DbtException(
             f"The dbt build {self.build_task_id} ended ({state}) without running {missing}: see its log. "
             "Clearing this task after the build ended runs it on its own."
         )
+
+    def _run_own(self, context: Context) -> dict[str, Any]:
+        """A retry once the build has ended: ``dbt build`` of this task's node and tests, isolated as any try."""
+        self.log.info("The build %s has ended: running %s in a try of its own", self.build_task_id, self._what())
+        return super().execute(context)
 
     def _end(
         self, context: Context, verdict: NodeVerdict, *, compiled: Mapping[str, str], source: str
