@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: run the example DAG (dbt seed -> dbt build -> dbt docs generate) once with
-# `airflow dags test` against a local DuckDB file, then show the run summaries and the tables built.
+# `airflow dags test` against a local DuckDB file, then the same project as a task graph (a task per node,
+# one dbt build), and show the run summaries, the task states and the tables built.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,6 +27,14 @@ if ! migrate_output="$("$AIRFLOW" db migrate 2>&1)"; then
     echo "ERROR: airflow db migrate failed" >&2
     exit 1
 fi
+
+PROJECT="${DLH_EXAMPLE_DBT_PROJECT_DIR:-$ROOT/examples/shop}"
+echo "==> Building the task graph file of $PROJECT (dlh-dbt graph; DAG parsing reads it, never dbt)"
+"$ROOT/.venv/bin/dlh-dbt" graph "$PROJECT" --conn-id "${DLH_EXAMPLE_CONN_ID:-dbt_duckdb}" 2>"$ROOT/.airflow/graph.log" || {
+    cat "$ROOT/.airflow/graph.log" >&2
+    echo "ERROR: dlh-dbt graph failed" >&2
+    exit 1
+}
 
 echo "==> Running: airflow dags test $DAG_ID (full output in $LOG)"
 dags_test_rc=0
@@ -71,3 +80,31 @@ echo "Tables and row counts, from:"
 echo "  .venv/bin/python -c '$query'"
 echo
 "$PYTHON" -c "$query"
+
+GRAPH_DAG_ID=dbt_shop_task_graph
+GRAPH_LOG="$ROOT/.airflow/demo_task_graph.log"
+echo
+echo "==> Running: airflow dags test $GRAPH_DAG_ID (the same project as a task per node; output in $GRAPH_LOG)"
+graph_rc=0
+"$AIRFLOW" dags test "$GRAPH_DAG_ID" >"$GRAPH_LOG" 2>&1 || graph_rc=$?
+echo "================================ task graph run ==================================="
+"$PYTHON" - "$GRAPH_DAG_ID" <<'PY'
+import sys
+from collections import Counter
+
+from airflow.models import DagRun
+from airflow.utils.session import create_session
+
+with create_session() as session:
+    run = session.query(DagRun).filter(DagRun.dag_id == sys.argv[1]).order_by(DagRun.start_date.desc()).first()
+    if run is None:
+        sys.exit(f"no run of {sys.argv[1]} found")
+    tis = sorted(run.get_task_instances(session=session), key=lambda ti: ti.task_id)
+    print(f"DAG run {sys.argv[1]}: {run.state}, {len(tis)} tasks: {dict(Counter(str(ti.state) for ti in tis))}")
+    for ti in tis:
+        print(f"  {ti.task_id:<75} {ti.state}")
+PY
+if [[ $graph_rc -ne 0 ]] || ! grep -qE "DagRun Finished: dag_id=$GRAPH_DAG_ID,.* state=success," "$GRAPH_LOG"; then
+    echo "ERROR: the $GRAPH_DAG_ID run did not finish in state success (see $GRAPH_LOG)" >&2
+    exit 1
+fi

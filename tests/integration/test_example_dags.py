@@ -41,6 +41,23 @@ def test_example_dag_seed_build_docs(shop_env: Path, airflow_db: Path, example_p
     assert leftovers == [], f"run dirs left behind: {leftovers}"
 
 
+def test_example_task_graph_dag(shop_env: Path, airflow_db: Path, example_project: Path) -> None:
+    from dlh_airflow_common.task_graph.build import ensure_graph
+    from dlh_airflow_common.task_graph.cli import hook_lister
+    from dlh_airflow_common.task_graph.graph_file import Selection
+
+    lister = hook_lister(dbt_project_dir=example_project, conn_id="dbt_duckdb")  # what `dlh-dbt graph` runs
+    ensure_graph(example_project, Selection(), lister, example_project / "target" / ".dlh_cache")
+    run = run_dag_file(EXAMPLE_DAGS / "dbt_shop_task_graph.py", airflow_db / "dags", "dbt_shop_task_graph")
+    assert run.state == "success", run.task_states
+    assert set(run.task_states.values()) == {"success"} and len(run.task_states) == 13
+    assert run.xcom("shop.dbt_build")["node_count"] == 36
+    assert run.xcom("shop.customers", "dbt_node")["verdict"] == "success"
+    with duckdb.connect(str(shop_env), read_only=True) as con:
+        revenue = con.execute("select count(*) from main.daily_revenue").fetchone()
+    assert revenue is not None and revenue[0] > 0
+
+
 FAILING_DAG = textwrap.dedent(
     """
     from datetime import datetime

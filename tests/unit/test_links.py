@@ -74,6 +74,7 @@ def test_links_read_the_summary_the_task_pushed(monkeypatch: pytest.MonkeyPatch)
               "report_url": "s3://b/p/try_1/run_report.html"}  # fmt: skip
     calls = _patch_xcom(monkeypatch, stored)
     operator = DbtOperator(task_id="t", dbt_project_dir="/p", dbt_docs_url="https://docs/")
+    operator.summary_pushed = True  # as after the task's _finish; the api-server's operator has no such attribute
     assert links.DbtDocsLink().get_link(operator, ti_key=_Key()) == "https://docs/#!/model/m"  # type: ignore[arg-type]
     assert links.DbtArtifactsLink().get_link(operator, ti_key=_Key()) == "s3://b/p/try_1"  # type: ignore[arg-type]
     report = links.DbtRunReportLink().get_link(operator, ti_key=_Key())  # type: ignore[arg-type]
@@ -93,3 +94,12 @@ def test_links_fall_back_to_configuration_then_empty(monkeypatch: pytest.MonkeyP
     assert links.DbtDocsLink().get_link(bare, ti_key=_Key()) == ""  # type: ignore[arg-type]
     assert links.DbtArtifactsLink().get_link(bare, ti_key=_Key()) == ""  # type: ignore[arg-type]
     assert links.DbtRunReportLink().get_link(configured, ti_key=_Key()) == "", "no upload, no report link"  # type: ignore[arg-type]
+
+
+def test_a_task_that_pushed_no_summary_does_not_look_one_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _patch_xcom(monkeypatch, {"docs_url": "https://stale/"})
+    operator = DbtOperator(task_id="t", dbt_project_dir="/p", dbt_docs_url="https://docs/")
+    assert operator.summary_pushed is False
+    assert links.DbtDocsLink().get_link(operator, ti_key=_Key()) == "https://docs/"  # type: ignore[arg-type]
+    assert links.DbtRunReportLink().get_link(operator, ti_key=_Key()) == ""  # type: ignore[arg-type]
+    assert calls == [], "no XCom request (the SDK client logs a missing XCom at error level)"

@@ -66,8 +66,10 @@ class _SummaryLink(BaseOperatorLink):
     operator_attribute: ClassVar[str | None] = None
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        stored = _summary(ti_key).get(self.summary_key)
         configured = getattr(operator, self.operator_attribute, None) if self.operator_attribute else None
+        if getattr(operator, "summary_pushed", None) is False:  # the task's own finish: it pushed no summary
+            return str(configured or "")
+        stored = _summary(ti_key).get(self.summary_key)
         return str(stored or configured or "")
 
 

@@ -236,6 +236,9 @@ class DbtOperator(BaseOperator):
         self.run_report = run_report
         self._artifact_settings().validate()
         self._lineage: DbtLineage | None = None
+        # Whether this task pushed its summary: Airflow stores the extra links when the task ends, and a task
+        # that pushed none (it failed early, or a task-graph node followed the build) has nothing to look up.
+        self.summary_pushed = False
 
     @cached_property
     def hook(self) -> DbtHook:
@@ -400,6 +403,7 @@ class DbtOperator(BaseOperator):
         summary = result.to_xcom()
         summary.update(result.extra)  # upload location and link URLs from _after_run (small, bounded)
         context["ti"].xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
+        self.summary_pushed = True
         if result.error is not None:
             raise result.error
         return summary
