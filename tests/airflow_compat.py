@@ -52,3 +52,12 @@ def is_valid_plugin(plugin: Any) -> bool:
             and plugin.validate() is None
         )
     return bool(plugins_manager.is_valid_plugin(plugin))
+
+
+def task_exceptions() -> tuple[type[BaseException], type[BaseException], type[BaseException]]:
+    """``TaskDeferred``, ``AirflowRescheduleException``, ``AirflowSkipException`` (task SDK's own from 3.2)."""
+    try:
+        from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException, TaskDeferred
+    except ImportError:
+        from airflow.exceptions import AirflowRescheduleException, AirflowSkipException, TaskDeferred
+    return TaskDeferred, AirflowRescheduleException, AirflowSkipException

@@ -38,6 +38,8 @@ DAG = textwrap.dedent(
 def shop(example_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     database = tmp_path / "graph.duckdb"
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "duckdb", "host": str(database)}))
+    # dag.test() has no scheduler to race (see trigger.MIN_RESUME_SECONDS): node tasks need not wait 5 s to resume.
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__NODE_RESUME_DELAY", "0.1")
     return example_project
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def test_fifty_node_triggers_share_one_read_per_poll_and_each_gets_its_verdict(
 
     monkeypatch.setattr(trigger_module, "shared_status", recording)
     nodes = [f"model.p.m{i}" for i in range(50)]
-    triggers = [DbtNodeTrigger(spec.to_dict(), uid, [], poll_interval=0.05) for uid in nodes]
+    triggers = [DbtNodeTrigger(spec.to_dict(), uid, [], poll_interval=0.05, min_wait=0) for uid in nodes]
 
     async def scenario() -> list[dict[str, Any]]:
         async def build() -> None:
@@ -71,8 +72,8 @@ def test_a_finished_build_without_the_node_and_a_refused_failure_ask_the_task_to
     writer = ChannelWriter(spec, command="build")
     writer.event(result_event("model.p.bad", "error"))
     writer.finish(1, stopped=None)
-    missing = DbtNodeTrigger(spec.to_dict(), "model.p.other", [], poll_interval=0.01)
-    refused = DbtNodeTrigger(spec.to_dict(), "model.p.bad", [], poll_interval=0.01, accept_failure=False)
+    missing = DbtNodeTrigger(spec.to_dict(), "model.p.other", [], poll_interval=0.01, min_wait=0)
+    refused = DbtNodeTrigger(spec.to_dict(), "model.p.bad", [], poll_interval=0.01, accept_failure=False, min_wait=0)
     events = asyncio.run(_events([missing, refused]))
     assert [event["kind"] for event in events] == ["recheck", "recheck"]
     assert events[0]["reason"] == "the build finished"
@@ -82,7 +83,7 @@ def test_a_channel_that_disappears_or_a_heartbeat_that_stops_ends_the_wait(tmp_p
     spec = ChannelSpec(str(tmp_path / "run"), node_results=True)
     writer = ChannelWriter(spec, command="build")
     writer.heartbeat()
-    stalled = DbtNodeTrigger(spec.to_dict(), "model.p.m", [], poll_interval=0.02, heartbeat_timeout=0.1)
+    stalled = DbtNodeTrigger(spec.to_dict(), "model.p.m", [], poll_interval=0.02, heartbeat_timeout=0.1, min_wait=0)
     (event,) = asyncio.run(_events([stalled]))
     assert event["kind"] == "recheck" and "no heartbeat" in event["reason"]
 
@@ -93,7 +94,7 @@ def test_a_channel_that_disappears_or_a_heartbeat_that_stops_ends_the_wait(tmp_p
                 path.unlink()
 
         events, _ = await asyncio.gather(
-            _events([DbtNodeTrigger(spec.to_dict(), "model.p.m", [], poll_interval=0.02)]), remove()
+            _events([DbtNodeTrigger(spec.to_dict(), "model.p.m", [], poll_interval=0.02, min_wait=0)]), remove()
         )
         return events
 
@@ -106,3 +107,18 @@ def test_serialize_round_trips() -> None:
     path, kwargs = trigger.serialize()
     assert path == "dlh_airflow_common.task_graph.trigger.DbtNodeTrigger"
     assert DbtNodeTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_a_trigger_never_fires_before_its_least_wait(tmp_path: Path) -> None:
+    spec = ChannelSpec(str(tmp_path), node_results=True)
+    writer = ChannelWriter(spec, command="build")
+    writer.event(result_event("model.p.done", "success"))
+    writer.heartbeat()
+    started = time.monotonic()
+    (ready,) = asyncio.run(
+        _events([DbtNodeTrigger(spec.to_dict(), "model.p.done", [], poll_interval=0.01, min_wait=0.4)])
+    )
+    assert time.monotonic() - started >= 0.4, "the verdict was there at once, and still waited its least time"
+    assert ready["verdict"] == "success"
+    (nothing,) = asyncio.run(_events([DbtNodeTrigger({}, "model.p.done", [])]))
+    assert nothing == {"kind": "recheck", "reason": "no run channel to watch"}

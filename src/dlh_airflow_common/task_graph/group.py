@@ -128,6 +128,8 @@ def _node_task(
         command, select, exclude, selector = "build", [node_selector(nodes[uid]) for uid in members], None, None
         extra = ["--indirect-selection", "empty"]
     own_args = dict(args)
+    if build is not None:  # following the build: wait in the triggerer unless told otherwise
+        own_args.setdefault("deferrable", True)
     own_args["dbt_args"] = [*(own_args.get("dbt_args") or ()), *extra]
     return DbtNodeOperator(
         task_id=spec.task_id, dbt_node_id=spec.node_id, dbt_tests=spec.tests,

@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
+try:  # Airflow >= 3.2 (the task SDK's own)
+    from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowRescheduleException, AirflowSkipException  # type: ignore[attr-defined,no-redef]
 
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.detached import DetachedProcess
@@ -22,7 +25,7 @@ from dlh_airflow_common.hooks.dbt import DbtTaskResult
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.settings import configured_seconds
 from dlh_airflow_common.task_graph.node_verdict import NodeResult, NodeVerdict, judge
-from dlh_airflow_common.task_graph.trigger import DbtNodeTrigger
+from dlh_airflow_common.task_graph.trigger import MIN_RESUME_SECONDS, DbtNodeTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,6 +36,10 @@ NODE_XCOM = "dbt_node"
 MAX_COMPILED_SQL = 20_000  # characters of a failed node's compiled SQL kept in the final results
 MAX_COMPILED_NODES = 50
 _ENDED = frozenset({"success", "failed", "upstream_failed", "skipped", "removed"})
+# The least seconds between two looks of a rescheduled node task. As for a deferral (``MIN_RESUME_SECONDS``), a
+# quicker reschedule races the scheduler, which fails the task as "changed externally" when it learns of the
+# previous run's end after the next run began (seen with 1 s: the event came 7 s late on a loaded machine).
+RESCHEDULE_FLOOR = 10.0
 
 
 class DbtGraphBuildOperator(DbtOperator):
@@ -168,7 +175,7 @@ class DbtNodeOperator(DbtOperator):
                     context, verdict, compiled={}, source=f"try {announced.get('try_number')} of the build"
                 )
             if status.finished:
-                return self._wait(context, "the build is ending", seconds=min(self.check_interval, 2.0))
+                return self._wait(context, "the build is ending")
         if not self.deferrable:
             return self._wait(context, "dbt has not reported this node yet")
         accept = self._accepts(NodeVerdict("failed"), announced, context)
@@ -177,6 +184,7 @@ class DbtNodeOperator(DbtOperator):
                 channel=dict(announced["channel"]), node_id=self.dbt_node_id, tests=self.tests,
                 poll_interval=self.check_interval, accept_failure=accept,
                 heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
+                min_wait=_resume_delay(),
             ),
             method_name="follow_complete",
         )  # fmt: skip
@@ -231,8 +239,11 @@ class DbtNodeOperator(DbtOperator):
             raise _node_error(first, source, len(verdict.failures))
         return summary
 
-    def _wait(self, context: Context, why: str, *, seconds: float | None = None) -> dict[str, Any]:
-        delay = self.check_interval if seconds is None else seconds
+    def _wait(self, context: Context, why: str) -> dict[str, Any]:
+        """Look again later, rescheduled (no worker slot held meanwhile): what this waits for is another task's
+        progress (the build starting, ending its try, retrying), which a deferral would hold up under
+        ``dag.test()``, where a deferred task resumes at once, over and over, and nothing else runs."""
+        delay = max(self.check_interval, RESCHEDULE_FLOOR)
         self.log.info("Waiting for %s: %s; looking again in %gs", self._what(), why, delay)
         raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=delay))  # type: ignore[no-untyped-call]
 
@@ -258,6 +269,11 @@ def _node_error(result: NodeResult, source: str, count: int) -> DbtException:
     error = classify_dbt_error(detail)
     kind = type(error) if type(error) is not DbtException else DbtRuntimeException
     return kind(f"{result.status.upper()} {result.unique_id} in {source}: {detail}{more}", node_id=result.unique_id)
+
+
+def _resume_delay() -> float:
+    """``[dlh_dbt] node_resume_delay``: the least seconds between a node task deferring and resuming."""
+    return configured_seconds("node_resume_delay", MIN_RESUME_SECONDS)
 
 
 def _epoch(value: Any) -> float | None:

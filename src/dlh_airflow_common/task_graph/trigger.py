@@ -20,6 +20,11 @@ from dlh_airflow_common.task_graph.node_verdict import NodeVerdict, judge
 
 log = logging.getLogger(__name__)
 FIRST_STATUS_SECONDS = 120.0  # a build's runner may take this long to publish its first status (remote store)
+# The least time between a node task deferring and its trigger firing. Airflow (3.3) identifies every run of a
+# task try by the same key: when a resumed run starts before the scheduler has handled the end of the run that
+# deferred, the scheduler takes that end for the new run's and fails it as "changed externally". Its loop
+# handles such an event within a second or two; this leaves room for a loaded scheduler.
+MIN_RESUME_SECONDS = 5.0
 
 
 @dataclass
@@ -80,7 +85,8 @@ def verdict_event(verdict: NodeVerdict, **extra: Any) -> dict[str, Any]:
 class DbtNodeTrigger(BaseTrigger):
     """Yields once: ``verdict`` when the build reported the task's node and tests (failures only when
     ``accept_failure``), or ``recheck`` when the build ended, its channel went away or its heartbeat stopped,
-    so that the task decides from the build task's state and final results.
+    so that the task decides from the build task's state and final results. It never fires sooner than
+    ``min_wait`` after it started.
 
     :param channel: The build's ``ChannelSpec`` as plain JSON (no secrets).
     :param node_id: The task's node; None for a task of tests only.
@@ -88,6 +94,7 @@ class DbtNodeTrigger(BaseTrigger):
     :param poll_interval: Seconds between looks at the shared status.
     :param accept_failure: False while a retried node task waits for the build's next try.
     :param heartbeat_timeout: Seconds without a heartbeat after which the build counts as gone.
+    :param min_wait: Seconds the trigger waits at least before it fires (``MIN_RESUME_SECONDS``).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class DbtNodeTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         accept_failure: bool = True,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        min_wait: float = MIN_RESUME_SECONDS,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.channel = channel
@@ -106,6 +114,7 @@ class DbtNodeTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.accept_failure = accept_failure
         self.heartbeat_timeout = float(heartbeat_timeout)
+        self.min_wait = float(min_wait)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -117,19 +126,23 @@ class DbtNodeTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "accept_failure": self.accept_failure,
                 "heartbeat_timeout": self.heartbeat_timeout,
+                "min_wait": self.min_wait,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        earliest = time.monotonic() + self.min_wait
         spec = ChannelSpec.from_dict(self.channel)
         if spec is None:
-            yield TriggerEvent({"kind": "recheck", "reason": "the trigger holds no run channel"})  # type: ignore[no-untyped-call]
+            yield TriggerEvent({"kind": "recheck", "reason": "no run channel to watch"})  # type: ignore[no-untyped-call]
             return
         shared = shared_status(spec)
         try:
-            yield TriggerEvent(await self._watch(shared))  # type: ignore[no-untyped-call]
+            event = await self._watch(shared)
         finally:
             release_status(spec, shared)
+        await asyncio.sleep(max(0.0, earliest - time.monotonic()))
+        yield TriggerEvent(event)  # type: ignore[no-untyped-call]
 
     async def _watch(self, shared: SharedStatus) -> dict[str, Any]:
         started = time.monotonic()
