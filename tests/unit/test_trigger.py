@@ -473,7 +473,13 @@ def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None
         "deadline": 1_790_003_600.5,
         "grace_period": 12.0,
         "keep_run_dir": True,
-        "channel": {"run_dir": str(tmp_path), "url": None, "conn_id": None, "heartbeat_interval": 5.0},
+        "channel": {
+            "run_dir": str(tmp_path),
+            "url": None,
+            "conn_id": None,
+            "heartbeat_interval": 5.0,
+            "node_results": False,
+        },
         "heartbeat_timeout": 60.0,
     }
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
