@@ -1,12 +1,13 @@
-"""DbtTaskGroup and DbtDag run with real dbt on DuckDB through ``dag.test()``: examples/shop in one process and
-per node, a failing model (its task failed, its children upstream failed, other branches green), a failing
-test (its model's task fails), and the graph file missing at parse time."""
+"""DbtTaskGroup run with real dbt through ``dag.test()``: examples/shop on DuckDB in one process and per node, a
+failing model (its task failed, its children upstream failed, other branches green), a failing test (its
+model's task fails), each retry rule, and a failing model on a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from dlh_airflow_common.task_graph.cli import hook_lister
 from dlh_airflow_common.task_graph.graph_file import Selection
 from dlh_airflow_common.task_graph.operators import GRAPH_RESULTS_XCOM, NODE_XCOM
 from pg_faults import dbt_processes
+from pg_server import PostgresServer
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +167,26 @@ def test_a_failing_test_fails_its_models_task(shop: Path, airflow_db: Path, tmp_
     assert ["test.shop.orders_are_empty", "fail"] in node["results"] and ["model.shop.orders", "success"] in node[
         "results"
     ]
+
+
+def test_failing_model_on_postgres(
+    example_project: Path, pg_server: PostgresServer, pg_conn_json: Any, airflow_db: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    schema = "task_graph_pg"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps(pg_conn_json(dbt_schema=schema)))
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__NODE_RESUME_DELAY", "0.1")
+    (example_project / "models" / "marts" / "customers.sql").write_text("select 1 / 0 as boom\n")  # division by zero
+    _graph(example_project)
+    run = _run(tmp_path, airflow_db, "graph_pg", example_project)
+    states = run.task_states  # type: ignore[attr-defined]
+    assert states["shop.customers"] == "failed" and states["shop.dbt_build"] == "failed"
+    assert states["shop.orders"] == "success" and states["shop.daily_revenue"] == "success"
+    final = run.xcom("shop.dbt_build", GRAPH_RESULTS_XCOM)  # type: ignore[attr-defined]
+    assert "division by zero" in final["results"]["model.shop.customers"]["message"]
+    built = pg_server.psql(
+        f"select count(*) from information_schema.tables where table_schema = '{schema}' and table_name = 'orders'",
+        dbname=pg_server.database,
+    )
+    assert built.strip() == "1"
+    assert dbt_processes(str(example_project)) == []
