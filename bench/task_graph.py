@@ -38,6 +38,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ COSMOS_SET = ("astronomer-cosmos==1.15.1", "apache-airflow==3.3.2", "dbt-core>=1
 SLICE = "tag:g7"
 PROFILE = "bench"
 TIMEOUT = 7200
+RUN_TIMEOUT = 1800  # one child process
 SAMPLE_S = 0.05
 GOAL_PARSE_S = 0.3
 GOAL_PARSE_MB = 60.0
@@ -72,9 +74,9 @@ from airflow.sdk import DAG
 from dlh_airflow_common.task_graph import DbtTaskGroup
 
 with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
-    DbtTaskGroup(group_id="dbt", dbt_project_dir={project!r}, profiles_dir={profiles!r}, select={select!r},
-                 operator_args={{"check_interval": 1.0, "deferrable": True, "retries": 0, "threads": 2}})
-"""
+    group = DbtTaskGroup(group_id="dbt", dbt_project_dir={project!r}, profiles_dir={profiles!r}, select={select!r},
+                         operator_args={{"check_interval": 1.0, "deferrable": True, "retries": 0, "threads": 2}})
+{warm}"""
 COSMOS_DAG = """
 from datetime import datetime
 from airflow.sdk import DAG
@@ -82,7 +84,7 @@ from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, 
 from cosmos.constants import ExecutionMode, LoadMode
 
 with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
-    DbtTaskGroup(
+    group = DbtTaskGroup(
         group_id="dbt",
         project_config=ProjectConfig(dbt_project_path={project!r}, manifest_path={manifest!r}),
         profile_config=ProfileConfig(profile_name={profile!r}, target_name="dev",
@@ -92,7 +94,19 @@ with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2025, 1, 1), catc
         operator_args={{"install_deps": False}},
         default_args={{"retries": 0}},
     )
+{warm}"""
+# Runs only: a first task that pays dag.test()'s one-time start of its in-process task machinery (about 5 s
+# here), so that the group's span and the memory floor start after it, the same for both sides.
+WARM = """
+    from airflow.sdk import task
+
+    @task
+    def warm_up() -> None:
+        return None
+
+    warm_up() >> group
 """
+WARM_TASK = "warm_up"
 
 
 def log(message: str) -> None:
@@ -241,7 +255,19 @@ class Bench:
         return proc.stdout
 
     def child(self, python: Path, role: str, *extra: str, sample: bool = False) -> tuple[dict[str, Any], Any]:
-        """Run a child role; with ``sample`` also the RSS samples of its process tree."""
+        """Run a child role; with ``sample`` also the RSS samples of its process tree. A ``run`` child's DAG file
+        is copied into the dags folder for the run and removed after it."""
+        if role == "run":
+            source = Path(extra[extra.index("--dag-file") + 1])
+            shutil.copy(source, self.dags / source.name)
+            extra = tuple(str(self.dags / source.name) if e == str(source) else e for e in extra)
+            try:
+                return self._child(python, role, *extra, sample=sample)
+            finally:
+                (self.dags / source.name).unlink(missing_ok=True)
+        return self._child(python, role, *extra, sample=sample)
+
+    def _child(self, python: Path, role: str, *extra: str, sample: bool = False) -> tuple[dict[str, Any], Any]:
         result = self.work / f"child-{time.monotonic_ns()}.json"
         argv = [str(python), str(Path(__file__).resolve()), role, "--result", str(result), *extra]
         env = dict(self.env)
@@ -249,10 +275,18 @@ class Bench:
             env.pop("PYTHONPATH", None)
         out = open(self.work / "children.log", "a")  # noqa: SIM115 - closed below
         try:
-            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
+            proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True
+            )
             sampler = TreeSampler(proc.pid) if sample else None
-            code = proc.wait(timeout=TIMEOUT)
-            samples = sampler.stop() if sampler else None
+            try:
+                code = proc.wait(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:  # a hung dag.test(): end its whole session, report the variant
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise RuntimeError(f"child {role} {' '.join(extra)} ran over {RUN_TIMEOUT} s") from None
+            finally:
+                samples = sampler.stop() if sampler else None
         finally:
             out.close()
         if code != 0 or not result.is_file():
@@ -340,18 +374,23 @@ def spread(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
 
 
 def write_dag(bench: Bench, kind: str, dag_id: str, project: Path, profiles: Path, select: str | None,
-              **cosmos: str) -> Path:  # fmt: skip
-    """A DAG file in the dags folder (dag.test() parses that bundle)."""
+              run: bool = False, **cosmos: str) -> Path:  # fmt: skip
+    """A DAG file outside the dags folder: dag.test() parses that whole bundle first, so a run copies its own file
+    in for its duration only (``Bench.child``)."""
     if kind == "ours":
-        text = OURS_DAG.format(dag_id=dag_id, project=str(project), profiles=str(profiles), select=select)
+        text = OURS_DAG.format(
+            dag_id=dag_id, project=str(project), profiles=str(profiles), select=select, warm=WARM if run else ""
+        )
     else:
         manifest = str(project / "target" / "manifest.json") if cosmos["load"] == "DBT_MANIFEST" else None
         text = COSMOS_DAG.format(
             dag_id=dag_id, project=str(project), manifest=manifest, profile=PROFILE,
             profiles_yml=str(profiles / "profiles.yml"), execution=cosmos["execution"],
             dbt=str(bench.cosmos.parent / "dbt"), load=cosmos["load"], select=[select] if select else [],
+            warm=WARM if run else "",
         )  # fmt: skip
-    path = bench.dags / f"{dag_id}.py"
+    path = bench.work / "dag_files" / f"{dag_id}.py"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -409,9 +448,16 @@ def task_memory(run: dict[str, Any], samples: list[tuple[float, int, int]], keep
 
 
 def group_span(run: dict[str, Any]) -> float:
-    starts = [ti["start"] for ti in run["tis"] if ti["start"]]
-    ends = [ti["end"] for ti in run["tis"] if ti["end"]]
-    return max(ends) - min(starts)
+    """First start to last end of the group's task instances (the warm-up task left out)."""
+    tis = [ti for ti in run["tis"] if ti["task_id"] != WARM_TASK and ti["start"] and ti["end"]]
+    return max(ti["end"] for ti in tis) - min(ti["start"] for ti in tis)
+
+
+def floor_rss(run: dict[str, Any], samples: list[tuple[float, int, int]]) -> int:
+    """The tree's RSS just before the group's first task started (Airflow, the DAG and dag.test() loaded)."""
+    first = min(ti["start"] for ti in run["tis"] if ti["task_id"] != WARM_TASK and ti["start"])
+    before = [rss for at, rss, _ in samples if at < first]
+    return before[-1] if before else samples[0][1]
 
 
 def run_phase(
@@ -450,7 +496,11 @@ def run_phase(
             run, samples = bench.child(python, "run", "--dag-file", str(path), "--dag-id", dag_id, sample=True)
             run["wall"] = time.perf_counter() - started
             run["span"] = group_span(run)
-            run["memory"] = task_memory(run, samples, lambda task: not task.endswith("dbt_build"))
+            durations = {ti["task_id"]: ti["end"] - ti["start"] for ti in run["tis"] if ti["start"] and ti["end"]}
+            run["build_s"] = sum(v for k, v in durations.items() if k.endswith("dbt_build"))
+            run["tasks_sum_s"] = sum(v for k, v in durations.items() if not k.endswith(("dbt_build", WARM_TASK)))
+            run["memory"] = task_memory(run, samples, lambda task: not task.endswith(("dbt_build", WARM_TASK)))
+            run["floor"] = floor_rss(run, samples) if samples else 0
             run["peak_tree"] = max(rss for _, rss, _ in samples) if samples else 0
             if run["state"] != "success":
                 raise RuntimeError(
@@ -462,12 +512,14 @@ def run_phase(
 
     def cosmos(execution: str, select: str | None, suffix: str) -> Callable[[], dict[str, Any]]:
         dag_id = f"run_cosmos_{execution.lower()}_{suffix}"
-        path = write_dag(bench, "cosmos", dag_id, project, profiles, select, load="DBT_MANIFEST", execution=execution)
+        path = write_dag(
+            bench, "cosmos", dag_id, project, profiles, select, True, load="DBT_MANIFEST", execution=execution
+        )
         return dag(bench.cosmos, path, dag_id, select)
 
     def ours(select: str | None, suffix: str) -> Callable[[], dict[str, Any]]:
         dag_id = f"run_ours_{suffix}"
-        return dag(bench.ours, write_dag(bench, "ours", dag_id, project, profiles, select), dag_id, select)
+        return dag(bench.ours, write_dag(bench, "ours", dag_id, project, profiles, select, True), dag_id, select)
 
     bench.dbt(project, profiles, "parse")  # cosmos's manifest (dbt_manifest mode: its fastest offline)
     plans: dict[str, dict[str, Callable[[], dict[str, Any]]]] = {
@@ -501,6 +553,7 @@ def run_phase(
                 runs[name].append(variants[name]())
             log(f"  rep {rep + 1}: " + ", ".join(f"{n}={runs[n][-1]['wall']:.1f}s" for n in names))
         result["runs"][scope] = {"load": load, "load_end": os.getloadavg()[0], "runs": runs, "failed": failed}
+        (bench.work / "result.partial.json").write_text(json.dumps(result))
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -572,11 +625,12 @@ def _run_report(result: dict[str, Any], lines: list[str]) -> list[tuple[str, ...
             "interpreter start-up, the DagBag parse and dag.test()'s setup. dag.test() runs one task at a time, so "
             "a cosmos local group is the serialised sum of its tasks (each a dbt invocation).",
             "",
-            "| Variant | Tasks | Group, median (min-max) | Process | / plain dbt build (same repetition) |",
-            "|---|---|---|---|---|",
+            "| Variant | Tasks | Group, median (min-max) | Process | / plain dbt build (same repetition) | "
+            "Build task | Other tasks, sum |",
+            "|---|---|---|---|---|---|---|",
         ]
         plain = [r["wall"] for r in runs["plain dbt build"]]
-        lines.append(f"| plain `dbt build` | - | {spread(plain, 1, ' s')} | - | 1 |")
+        lines.append(f"| plain `dbt build` | - | {spread(plain, 1, ' s')} | - | 1 | - | - |")
         ratios: dict[str, list[float]] = {}
         for name, values in runs.items():
             if name == "plain dbt build":
@@ -585,17 +639,23 @@ def _run_report(result: dict[str, Any], lines: list[str]) -> list[tuple[str, ...
             ratios[name] = [s / p for s, p in zip(span, plain, strict=True)]
             process = spread([r["wall"] for r in values], 1, " s")
             lines.append(
-                f"| {name} | {len(values[0]['tis'])} | {spread(span, 1, ' s')} | {process} | "
-                f"{spread(ratios[name], 3, 'x')} |"
+                f"| {name} | {len(values[0]['tis']) - 1} | {spread(span, 1, ' s')} | {process} | "
+                f"{spread(ratios[name], 3, 'x')} | {spread([r.get('build_s', 0.0) for r in values], 1, ' s')} | "
+                f"{spread([r.get('tasks_sum_s', 0.0) for r in values], 1, ' s')} |"
             )
         for name, failure in block["failed"].items():
-            lines.append(f"| {name} | did not run: {failure.splitlines()[-1][:200] if failure else '?'} | | | |")
+            lines.append(f"| {name} | did not run: {failure.splitlines()[-1][:200] if failure else '?'} | | | | | |")
         lines.append("")
         if "ours" in ratios:
             figures.append((f"T2 group wall, {what}: ours one_process / plain `dbt build`", f"<= {GOAL_WALL}x",
                             spread(ratios["ours"], 3, "x"),
                             f"{median([r['span'] for r in runs['ours']]):.1f} s vs {median(plain):.1f} s",
                             "yes" if median(ratios["ours"]) <= GOAL_WALL else "no"))  # fmt: skip
+        if "ours" in ratios:
+            build = [r.get("build_s", 0.0) / p for r, p in zip(runs["ours"], plain, strict=True)]
+            figures.append((f"T2 {what}: ours' `dbt_build` task alone / plain `dbt build`", "reported",
+                            spread(build, 3, "x"), "the rest of the group is dag.test() running node tasks in turn",
+                            "-"))  # fmt: skip
         for name in ratios:
             if name.startswith("cosmos"):
                 figures.append((f"T2 group wall, {what}: {name} / plain `dbt build` (serialised by dag.test)",
@@ -605,10 +665,19 @@ def _run_report(result: dict[str, Any], lines: list[str]) -> list[tuple[str, ...
         if "ours" in memory and "cosmos local" in memory:
             ours, theirs = memory["ours"], memory["cosmos local"]
             share = ours[0] / theirs[0]
-            figures.append((f"T3 worker memory per node task ({what}): ours one_process / cosmos local, peak RSS of "
-                            "the task process tree", f"<= {GOAL_MEMORY}x", f"{share:.2f}x",
-                            f"{ours[0]:.0f} MB vs {theirs[0]:.0f} MB (growth {ours[1]:.0f} vs {theirs[1]:.0f} MB)",
-                            "yes" if share <= GOAL_MEMORY else "no"))  # fmt: skip
+            figures.append(
+                (
+                    f"T3 worker memory per node task ({what}): ours one_process / cosmos local, peak RSS of "
+                    "the task process tree",
+                    f"<= {GOAL_MEMORY}x",
+                    f"{share:.2f}x",
+                    f"{ours[0]:.0f} MB vs {theirs[0]:.0f} MB",
+                    "yes" if share <= GOAL_MEMORY else "no",
+                )
+            )
+            figures.append((f"T3 worker memory per node task ({what}): above the task process floor, ours vs "
+                            "cosmos local", "reported", f"{ours[1]:.0f} MB vs {theirs[1]:.0f} MB",
+                            "floor: Airflow + DAG + dag.test()", "-"))  # fmt: skip
     return figures
 
 
@@ -621,21 +690,26 @@ def _memory_rows(runs: dict[str, list[dict[str, Any]]], lines: list[str]) -> dic
             continue
         peaks = [peak / 2**20 for r in values for peak, _ in r["memory"]]
         growth = [grow / 2**20 for r in values for _, grow in r["memory"]]
+        above = [(peak - r.get("floor", 0)) / 2**20 for r in values for peak, _ in r["memory"]]
         if not peaks:
             continue
-        out[name] = (median(peaks), median(growth))
-        rows.append(f"| {name} | {len(peaks)} | {median(peaks):.0f} MB (max {max(peaks):.0f}) | "
-                    f"{median(growth):.0f} MB (max {max(growth):.0f}) | "
-                    f"{median([r['peak_tree'] / 2**20 for r in values]):.0f} MB |")  # fmt: skip
+        out[name] = (median(peaks), median(above))
+        floor = median([r.get("floor", 0) / 2**20 for r in values])
+        rows.append(f"| {name} | {len(peaks)} | {median(peaks):.0f} MB (max {max(peaks):.0f}) | {floor:.0f} MB | "
+                    f"{median(above):.0f} MB (max {max(above):.0f}) | {median(growth):.0f} MB (max {max(growth):.0f}) "
+                    f"| {median([r['peak_tree'] / 2**20 for r in values]):.0f} MB |")  # fmt: skip
     if rows:
         lines += [
             "T3, worker memory per node task: RSS of the `dag.test()` process and its descendants sampled every "
             f"{SAMPLE_S * 1000:.0f} ms (a detached dbt is not a descendant); per task instance other than the build, "
-            "the peak while it ran and its growth over the sample before it started.",
+            "the peak while it ran. *Floor* is the tree just before the group's first task (Airflow, the parsed DAG "
+            "and dag.test()'s machinery, after the warm-up task): what any task process holds. *Above floor* is "
+            "what the task itself added; *growth* is over the sample before that task started (cosmos keeps dbt "
+            "loaded in the dag.test() process after its first task, which a fresh worker task process would not).",
             "",
-            "| Variant | Task instances | Peak tree RSS per task, median | Growth during the task, median | "
-            "Peak of the whole run |",
-            "|---|---|---|---|---|",
+            "| Variant | Task instances | Peak tree RSS per task, median | Floor | Above floor, median | "
+            "Growth during the task, median | Peak of the whole run |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
@@ -657,12 +731,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     log(f"work dir {work}; airflow db migrate")
     runner.run([sys.executable, "-m", "airflow", "db", "migrate"])
     only = set(args.only.split(","))
+    partial = work / "result.partial.json"  # what was measured so far, should a later phase fail
     if "parse" in only:
         parse_phase(runner, args.reps_parse, args.models_parse, result)
+        partial.write_text(json.dumps(result))
     if "run" in only:
-        run_phase(
-            runner, args.reps_run, args.models_run, result, cosmos_full=args.cosmos_full, watcher=not args.no_watcher
-        )
+        run_phase(runner, args.reps_run, args.models_run, result, cosmos_full=args.cosmos_full, watcher=args.watcher)
     return result
 
 
@@ -686,7 +760,9 @@ def main() -> None:
     parser.add_argument("--models-run", type=int, default=500)
     parser.add_argument("--only", default="parse,run", help="comma-separated subset of parse,run")
     parser.add_argument("--cosmos-full", action="store_true", help="also run cosmos local on the whole project")
-    parser.add_argument("--no-watcher", action="store_true", help="leave out cosmos's watcher mode")
+    parser.add_argument(
+        "--watcher", action="store_true", help="add cosmos's watcher mode (under dag.test() its consumers wait forever)"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "task_graph")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--markdown", action="store_true", help="print the docs/benchmarks.md rows and section")
