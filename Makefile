@@ -55,7 +55,8 @@ typecheck: install
 # Measure the hook against plain dbt (about 25 minutes on 2 cores), then deferrable mode (about 6 more;
 # bench/deferrable.py), worker-slot time under a real deployment with the local and the S3 run channel
 # (bench/worker_slot.py), 500 triggers polling the run channel (bench/channel_poll.py, about 5 more) and the
-# 10,000-node run report built and opened in Chromium (bench/run_report.py, about 2 more),
+# 10,000-node run report built and opened in Chromium (bench/run_report.py, about 2 more), DbtTaskGroup against
+# astronomer-cosmos in cosmos's own virtualenv, bench/.work/cosmos-venv (bench/task_graph.py, about 35 more),
 # and rewrite docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)

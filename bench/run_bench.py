@@ -37,6 +37,7 @@ from deferrable import measure as measure_deferrable  # noqa: E402
 from generate_project import generate  # noqa: E402
 from make_artifacts import scale_manifest, scale_run_results  # noqa: E402
 from run_report import measure as measure_run_report  # noqa: E402
+from task_graph import measure as measure_task_graph  # noqa: E402
 from worker_slot import measure as measure_worker_slot  # noqa: E402
 
 PYTHON = sys.executable
@@ -580,8 +581,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".bench")
     parser.add_argument(
         "--only",
-        default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report",
-        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report",
+        default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report,task_graph",
+        help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report,task_graph",
     )
     args = parser.parse_args()
     if args.quick:
@@ -634,6 +635,10 @@ def main() -> None:
         report.sections.append(section)
     if "run_report" in only:  # issue 14: bench/run_report.py, a 10,000-node report built and opened in Chromium
         figures, section = measure_run_report(bench.env, work, quick=args.quick)
+        report.figures += [Figure(*row) for row in figures]
+        report.sections.append(section)
+    if "task_graph" in only:  # issue 13: bench/task_graph.py, DbtTaskGroup vs astronomer-cosmos (own virtualenv)
+        figures, section = measure_task_graph(bench.env, work, quick=args.quick)
         report.figures += [Figure(*row) for row in figures]
         report.sections.append(section)
     write_report(report, args.out, args, facts, started)
