@@ -217,3 +217,27 @@ def test_an_unusable_cache_dir_costs_only_the_cache(example_project: Path, conn:
     result = run(example_project, conn, not_a_dir)
     assert parse_kind(result) == "full"
     assert not_a_dir.is_file()
+
+
+def _detached(project: Path, conn: str, cache_dir: Path) -> DbtTaskResult:
+    """A detached run through the hook, collected on this host once its runner reported it finished."""
+    import time
+
+    from dlh_airflow_common.dbt.channel import ChannelReader, ChannelSpec
+
+    hook = DbtHook(project, conn_id=conn, cache_dir=cache_dir, keep_target_artifacts=True)
+    process = hook.start_detached("build", select="+customers")
+    reader = ChannelReader(ChannelSpec.from_dict(process.channel) or ChannelSpec(process.run_dir))
+    deadline = time.monotonic() + 300
+    while not ((status := reader.status()) is not None and status.finished) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return hook.finish_detached({"status": "finished", **process.to_dict()})
+
+
+def test_detached_runs_are_seeded_and_publish_their_parse(example_project: Path, conn: str, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    first = _detached(example_project, conn, cache_dir)
+    [entry] = entries(cache_dir)  # published by the collecting side, from the runner's run dir
+    second = _detached(example_project, conn, cache_dir)
+    assert (parse_kind(first), parse_kind(second)) == ("full", "partial")
+    assert (Path(second.target_path) / PARTIAL_PARSE_FILE).read_bytes() == entry.read_bytes()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlh_airflow_common.dbt.artifacts import RUN_RESULTS
+from dlh_airflow_common.dbt.channel import write_bytes_atomic
 from dlh_airflow_common.dbt.command import DbtCommand
 from dlh_airflow_common.dbt.invocation import DbtInvocation
 from dlh_airflow_common.dbt.run_dir import RunDir
 
 if TYPE_CHECKING:  # partial_parse and deps are imported when a cache is used
     from dlh_airflow_common.dbt.partial_parse import Seed
+
+SEED_FILE = "cache_seed.json"  # a detached run's seed, in its run dir, for whoever collects it on this host
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,26 @@ class RunCaches:
                 log.info("Published the new partial parse to cache %s", seed.entry)
         except OSError as err:
             log.warning("Could not publish the partial parse to the cache: %s", err)
+
+    @staticmethod
+    def keep_seed(seed: Seed | None, run_dir: RunDir) -> None:
+        """Write a detached run's seed into its run dir: ``publish`` then runs where the run is collected."""
+        if seed is None:
+            return
+        stamp = list(seed.local_stamp) if seed.local_stamp else None
+        content = {"entry": str(seed.entry), "local": str(seed.local), "started_ns": seed.started_ns,
+                   "seeded": seed.seeded, "local_stamp": stamp}  # fmt: skip
+        write_bytes_atomic(run_dir.path / SEED_FILE, json.dumps(content).encode("utf-8"))
+
+    @staticmethod
+    def kept_seed(run_dir: RunDir) -> Seed | None:
+        """The seed ``keep_seed`` wrote (None when there is none, or it is not readable)."""
+        from dlh_airflow_common.dbt.partial_parse import Seed
+
+        try:
+            content = json.loads((run_dir.path / SEED_FILE).read_bytes())
+            stamp = content["local_stamp"]
+            return Seed(Path(content["entry"]), Path(content["local"]), int(content["started_ns"]),
+                        bool(content["seeded"]), (int(stamp[0]), int(stamp[1])) if stamp else None)  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None

@@ -32,12 +32,10 @@ from dlh_airflow_common.dbt.detached import (
 )
 from dlh_airflow_common.dbt.event_runner import ORPHAN_GRACE_ENV
 from dlh_airflow_common.dbt.invocation import (
-    BASE_ENV,
     DEFAULT_GRACE_PERIOD,
     DbtInvocation,
     InvocationMode,
     InvocationResult,
-    subprocess_argv,
 )
 from dlh_airflow_common.dbt.project import DbtProject, load_project
 from dlh_airflow_common.dbt.redact import Redactor
@@ -204,8 +202,14 @@ class DbtRun:
         try:
             written = profile.write(run_dir.path / PROFILE_DIR)
             first = self._resume_command(command, run_dir)
-            argv = subprocess_argv(self.settings.venv_path, self._argv(first, project, written, run_dir))
-            env = {**os.environ, **BASE_ENV, **written.env, "PYTHONUNBUFFERED": "1",
+            # Not run here: it states dbt's argv and environment for the caches, which seed the run dir (packages,
+            # the last good partial parse); whoever collects the run on this host publishes its new parse.
+            invocation = DbtInvocation(self._argv(first, project, written, run_dir), env=written.env,
+                                       venv_path=self.settings.venv_path)  # fmt: skip
+            caches = self.settings.caches
+            caches.keep_seed(caches.seed(project.path, run_dir, first, invocation, self.log), run_dir)
+            argv = invocation.subprocess_args
+            env = {**os.environ, **invocation.env, "PYTHONUNBUFFERED": "1",
                    ORPHAN_GRACE_ENV: str(self.settings.grace_period)}  # fmt: skip
             channel = ChannelSpec.for_run(
                 run_dir.path, self.settings.run_channel, self.settings.run_channel_conn_id,
@@ -268,6 +272,10 @@ class DbtRun:
             wall = max(0.0, ended - started) if started else 0.0
             redact = redactor()
             result = self.result = self._result(command, outcome, run_dir, redact, progress, wall)
+            if not channel.remote and not still_running:  # the launch's seed is on this host: share the new parse
+                self.settings.caches.publish(
+                    self.settings.caches.kept_seed(run_dir), run_dir, outcome.success, self.log
+                )
             if kind == "lost":
                 result.success = False
                 result.error = DbtException(str(event.get("message") or "The detached dbt run was lost."))
