@@ -46,6 +46,15 @@ def test_new_files_and_selectors_count(project: Path) -> None:
     assert len({before, with_selectors, ph.project_hash(project)}) == 3
 
 
+def test_vars_file_counts(project: Path) -> None:
+    """dbt-core 1.12 reads project vars from vars.yml beside dbt_project.yml."""
+    before = ph.project_hash(project)
+    (project / "vars.yml").write_text("vars:\n  kind: a\n")
+    with_vars = ph.project_hash(project)
+    (project / "vars.yml").write_text("vars:\n  kind: b\n")
+    assert len({before, with_vars, ph.project_hash(project)}) == 3
+
+
 def test_mtime_alone_keeps_the_hash_and_the_memo_skips_reading(project: Path, tmp_path: Path) -> None:
     memo = tmp_path / "memo"
     first = ph.project_hash(project, memo_dir=memo)

@@ -1,11 +1,11 @@
 """The project content hash: what a graph file was built from, so a stale one is found at parse time.
 
-What counts is what dbt parses into the graph: ``dbt_project.yml``, ``selectors.yml``, the package files
-(``packages.yml``, ``dependencies.yml``, ``package-lock.yml``) and every file under the project's model,
-seed, snapshot, macro, test, analysis and docs paths (read from ``dbt_project.yml``, dbt's defaults
-otherwise). Not counted: profiles and the target's connection (the target name is part of the selection),
-``--vars`` and environment variables, installed packages beyond their lock, files dbt ignores (``target/``,
-``logs/``, ``dbt_packages/``).
+What counts is what dbt parses into the graph: ``dbt_project.yml``, ``selectors.yml``, ``vars.yml`` (where
+dbt-core 1.12 also reads project vars), the package files (``packages.yml``, ``dependencies.yml``,
+``package-lock.yml``) and every file under the project's model, seed, snapshot, macro, test, analysis and
+docs paths (read from ``dbt_project.yml``, dbt's defaults otherwise). Not counted: profiles and the target's
+connection (the target name is part of the selection), ``--vars`` and environment variables, installed
+packages beyond their lock, files dbt ignores (``target/``, ``logs/``, ``dbt_packages/``).
 
 Checking is cheap: a stat index (path, size, mtime of each file) is hashed first, and the content hash it
 led to last time is kept in a small memo file next to the graph cache; files are read and hashed only when
@@ -26,7 +26,8 @@ from dlh_airflow_common.dbt.channel import write_bytes_atomic
 
 MEMO_FILE = "project_hash.memo"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: ten times faster at parse time
-ROOT_FILES = ("dbt_project.yml", "selectors.yml", "packages.yml", "dependencies.yml", "package-lock.yml")
+# vars.yml: dbt-core 1.12 reads project vars from it (absent, as before 1.12, it changes no hash).
+ROOT_FILES = ("dbt_project.yml", "selectors.yml", "vars.yml", "packages.yml", "dependencies.yml", "package-lock.yml")
 _PATH_KEYS = {
     "model-paths": ["models"],
     "seed-paths": ["seeds"],
