@@ -8,6 +8,7 @@ node task follows its node's result through the build's run channel. ``per_node`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -219,17 +220,15 @@ class DbtTaskGroup(TaskGroup):
         **kwargs: Any,
     ) -> None:
         super().__init__(group_id=group_id, **kwargs)
-        run_args = _run_args(conn_id, profiles_dir, venv_path, run_dir_root, target, operator_args)
-        graph = load_graph(
-            dbt_project_dir, Selection(_as_tuple(select), _as_tuple(exclude), selector, target),
-            run_dir_root=run_dir_root, graph_cache_dir=graph_cache_dir, build_graph_at_parse=build_graph_at_parse,
-            hook_kwargs=_hook_args(conn_id, profiles_dir, venv_path, target),
+        project = ProjectTasks(
+            dbt_project_dir, select=select, exclude=exclude, selector=selector, target=target, conn_id=conn_id,
+            profiles_dir=profiles_dir, venv_path=venv_path, run_dir_root=run_dir_root, execution_mode=execution_mode,
+            test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
+            build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
         )  # fmt: skip
+        graph = project.graph()
         with self:
-            self.dbt_tasks = add_graph_tasks(
-                graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
-                group_by_folder=group_by_folder, operator_args=run_args, build_args=build_args,
-            )  # fmt: skip
+            self.dbt_tasks = project.add(graph)
 
 
 def DbtDag(
@@ -275,37 +274,60 @@ def DbtDag(
     :param build_args: See ``DbtTaskGroup``.
     :param dag_kwargs: ``DAG`` arguments.
     """
-    graph = load_graph(
-        dbt_project_dir, Selection(_as_tuple(select), _as_tuple(exclude), selector, target),
-        run_dir_root=run_dir_root, graph_cache_dir=graph_cache_dir, build_graph_at_parse=build_graph_at_parse,
-        hook_kwargs=_hook_args(conn_id, profiles_dir, venv_path, target),
+    project = ProjectTasks(
+        dbt_project_dir, select=select, exclude=exclude, selector=selector, target=target, conn_id=conn_id,
+        profiles_dir=profiles_dir, venv_path=venv_path, run_dir_root=run_dir_root, execution_mode=execution_mode,
+        test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
+        build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
     )  # fmt: skip
+    graph = project.graph()
     dag = DAG(dag_id=dag_id, **dag_kwargs)
     with dag:
-        add_graph_tasks(
-            graph, dbt_project_dir=dbt_project_dir, execution_mode=execution_mode, test_behavior=test_behavior,
-            group_by_folder=group_by_folder,
-            operator_args=_run_args(conn_id, profiles_dir, venv_path, run_dir_root, target, operator_args),
-            build_args=build_args,
-        )  # fmt: skip
+        project.add(graph)
     return dag
 
 
-def _run_args(
-    conn_id: str | None,
-    profiles_dir: str | None,
-    venv_path: str | None,
-    run_dir_root: str | None,
-    target: str | None,
-    operator_args: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    named = {"conn_id": conn_id, "profiles_dir": profiles_dir, "venv_path": venv_path,
-             "run_dir_root": run_dir_root, "target": target}  # fmt: skip
-    return {**{key: value for key, value in named.items() if value is not None}, **dict(operator_args or {})}
+@dataclass(frozen=True)
+class ProjectTasks:
+    """The arguments ``DbtTaskGroup`` and ``DbtDag`` share: where the graph file is, and the tasks made from it."""
 
+    dbt_project_dir: str
+    select: str | Sequence[str] | None = None
+    exclude: str | Sequence[str] | None = None
+    selector: str | None = None
+    target: str | None = None
+    conn_id: str | None = None
+    profiles_dir: str | None = None
+    venv_path: str | None = None
+    run_dir_root: str | None = None
+    execution_mode: ExecutionMode = "one_process"
+    test_behavior: TestBehavior = "after_each"
+    group_by_folder: bool = False
+    graph_cache_dir: str | None = None
+    build_graph_at_parse: bool = False
+    operator_args: Mapping[str, Any] | None = None
+    build_args: Mapping[str, Any] | None = None
 
-def _hook_args(
-    conn_id: str | None, profiles_dir: str | None, venv_path: str | None, target: str | None
-) -> dict[str, Any]:
-    named = {"conn_id": conn_id, "profiles_dir": profiles_dir, "venv_path": venv_path, "target": target}
-    return {key: value for key, value in named.items() if value is not None}
+    def graph(self) -> GraphFile:
+        """The project's graph file for this selection (``load_graph``)."""
+        selection = Selection(_as_tuple(self.select), _as_tuple(self.exclude), self.selector, self.target)
+        return load_graph(
+            self.dbt_project_dir, selection,
+            run_dir_root=self.run_dir_root, graph_cache_dir=self.graph_cache_dir,
+            build_graph_at_parse=self.build_graph_at_parse, hook_kwargs=self._named(with_run_dir_root=False),
+        )  # fmt: skip
+
+    def add(self, graph: GraphFile) -> dict[str, Any]:
+        """Create the tasks in the current DAG or task group (``add_graph_tasks``)."""
+        return add_graph_tasks(
+            graph, dbt_project_dir=self.dbt_project_dir, execution_mode=self.execution_mode,
+            test_behavior=self.test_behavior, group_by_folder=self.group_by_folder,
+            operator_args={**self._named(with_run_dir_root=True), **dict(self.operator_args or {})},
+            build_args=self.build_args,
+        )  # fmt: skip
+
+    def _named(self, *, with_run_dir_root: bool) -> dict[str, Any]:
+        """The run arguments given by name (connection, profile, environment), for the hook or every task."""
+        named = {"conn_id": self.conn_id, "profiles_dir": self.profiles_dir, "venv_path": self.venv_path,
+                 "target": self.target, "run_dir_root": self.run_dir_root if with_run_dir_root else None}  # fmt: skip
+        return {key: value for key, value in named.items() if value is not None}
