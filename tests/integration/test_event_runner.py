@@ -104,7 +104,11 @@ def test_failed_model_gives_the_cli_exit_code_and_error_events(example_project: 
     (cli_code, cli_events, _), (code, events, _) = runs["cli"], runs["runner"]
 
     assert cli_code == code == 1
-    assert _kinds(events) == _kinds(cli_events)
+    # The runner's one addition to what the CLI prints: the failed node's (debug) NodeFinished, with its message.
+    finished = [e for e in events if e["info"]["name"] == "NodeFinished"]
+    assert [e["data"]["node_info"]["unique_id"] for e in finished] == ["model.shop.broken"]
+    assert "no_such_table_anywhere" in finished[0]["data"]["run_result"]["message"]
+    assert _kinds([e for e in events if e not in finished]) == _kinds(cli_events)
     errors = [e for e in events if e["info"]["name"] == "RunResultError"]
     assert errors and "no_such_table_anywhere" in errors[0]["data"]["msg"]
 

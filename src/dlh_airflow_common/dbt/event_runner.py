@@ -1,4 +1,4 @@
-"""Run dbt through its programmatic API and write its non-debug events to stdout as JSON lines.
+"""Run dbt through its programmatic API and write its non-debug events (and a failed node's NodeFinished) as JSON lines.
 
 ``dbt --log-format json`` turns every event into JSON, debug ones included, before its level filter
 drops them: on a 500-model build that conversion alone costs dbt about 4 % of its CPU. This runner
