@@ -13,7 +13,6 @@ from airflow_compat import task_exceptions
 from dlh_airflow_common.dbt.channel import ChannelSpec, ChannelWriter
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException
 from dlh_airflow_common.operators.dbt import DbtOperator
-from dlh_airflow_common.task_graph import operators
 from dlh_airflow_common.task_graph.operators import (
     GRAPH_CHANNEL_XCOM,
     GRAPH_RESULTS_XCOM,
@@ -174,4 +173,3 @@ def test_the_trigger_event_ends_the_task_and_a_recheck_looks_again() -> None:
 def test_without_a_build_the_node_task_runs_its_own_node(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DbtOperator, "execute", lambda self, context: {"own": self.dbt_models})
     assert node(build_task_id=None).execute({"ti": FakeTI()}) == {"own": ["fqn:shop.orders"]}  # type: ignore[arg-type]
-    assert operators.GRAPH_CHANNEL_XCOM != operators.GRAPH_RESULTS_XCOM

@@ -8,6 +8,7 @@ node task follows its node's result through the build's run channel. ``per_node`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -140,20 +141,12 @@ def _node_task(
     )  # fmt: skip
 
 
-class _NoGroup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _group_for(path: tuple[str, ...], groups: dict[tuple[str, ...], TaskGroup]) -> Any:
     """The nested task group for a folder path (created once, parents first); a no-op context for none."""
     if not path:
-        return _NoGroup()
+        return nullcontext()
     if path not in groups:
-        parent = _group_for(path[:-1], groups) if len(path) > 1 else _NoGroup()
+        parent = _group_for(path[:-1], groups) if len(path) > 1 else nullcontext()
         with parent:
             groups[path] = TaskGroup(group_id=path[-1])
     return groups[path]

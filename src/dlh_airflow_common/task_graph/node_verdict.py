@@ -51,6 +51,20 @@ class NodeVerdict:
     def failures(self) -> tuple[NodeResult, ...]:
         return tuple(result for result in self.results if result.failed)
 
+    def to_event(self) -> dict[str, Any]:
+        """Plain JSON for a trigger event (``from_event`` reads it back)."""
+        return {
+            "kind": "verdict",
+            "verdict": self.verdict,
+            "results": [[r.unique_id, r.status, r.message] for r in self.results],
+            "missing": list(self.missing),
+        }
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> NodeVerdict:
+        results = tuple(NodeResult(uid, status, message) for uid, status, message in event.get("results") or ())
+        return cls(event["verdict"], results, tuple(event.get("missing") or ()))
+
 
 def result_of(results: Mapping[str, Any], unique_id: str) -> NodeResult | None:
     """``unique_id``'s entry in a status's ``results`` (``{"status": ..., "message": ...}``), if reported."""

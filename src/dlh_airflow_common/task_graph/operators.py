@@ -20,6 +20,7 @@ except ImportError:  # Airflow 3.1
 
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec
 from dlh_airflow_common.dbt.detached import DetachedProcess
+from dlh_airflow_common.dbt.events import NODE_FAILURE_STATUSES
 from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException, classify_dbt_error
 from dlh_airflow_common.hooks.dbt import DbtTaskResult
 from dlh_airflow_common.operators.dbt import DbtOperator
@@ -84,12 +85,12 @@ class DbtGraphBuildOperator(DbtOperator):
         for node in result.summary.nodes:
             entry = results.setdefault(node.unique_id, {})
             entry["status"] = node.status
-            if node.message and node.status in ("error", "fail", "runtime error"):
+            if node.message and node.status in NODE_FAILURE_STATUSES:
                 entry["message"] = redact(node.message)
         compiled: dict[str, str] = {}
         for raw in (result.run_results.get("results") or []) if isinstance(result.run_results, Mapping) else []:
             uid, code = raw.get("unique_id"), raw.get("compiled_code")
-            failed = str(raw.get("status", "")).lower() in ("error", "fail", "runtime error")
+            failed = str(raw.get("status", "")).lower() in NODE_FAILURE_STATUSES
             if failed and isinstance(uid, str) and isinstance(code, str) and len(compiled) < MAX_COMPILED_NODES:
                 compiled[uid] = redact(code[:MAX_COMPILED_SQL])
         ti = context["ti"]
@@ -140,13 +141,9 @@ class DbtNodeOperator(DbtOperator):
     def _follow(self, context: Context, event: Mapping[str, Any] | None) -> dict[str, Any]:
         ti = context["ti"]
         if event is not None:
-            verdict = NodeVerdict(
-                event["verdict"],
-                tuple(NodeResult(uid, status, message) for uid, status, message in event.get("results") or ()),
-                tuple(event.get("missing") or ()),
-            )
-            return self._end(context, verdict, compiled={}, source="the running build")
-        if ti.try_number > 1 and self._build_state(context) in _ENDED:
+            return self._end(context, NodeVerdict.from_event(event), compiled={}, source="the running build")
+        build_state = self._build_state(context) if ti.try_number > 1 else None
+        if build_state in _ENDED:
             return self._run_own(context)
         final = ti.xcom_pull(task_ids=self.build_task_id, key=GRAPH_RESULTS_XCOM)
         if isinstance(final, Mapping):
@@ -154,20 +151,23 @@ class DbtNodeOperator(DbtOperator):
             if self._accepts(verdict, final, context):
                 return self._end(context, verdict, compiled=final.get("compiled_sql") or {},
                                  source=f"try {final.get('try_number')} of the build")  # fmt: skip
-            return self._after_build(context, verdict)
+            return self._after_build(context, verdict, build_state)
         announced = ti.xcom_pull(task_ids=self.build_task_id, key=GRAPH_CHANNEL_XCOM)
         spec = ChannelSpec.from_dict(announced.get("channel")) if isinstance(announced, Mapping) else None
         if announced is None or spec is None:
-            if self._build_state(context) in _ENDED:
-                return self._after_build(context, None)
+            build_state = build_state or self._build_state(context)
+            if build_state in _ENDED:
+                return self._after_build(context, None, build_state)
             return self._wait(context, "the build has not started dbt yet")
         status = None
         try:
             status = ChannelReader(spec).status()
         except Exception as err:
             self.log.warning("Could not read the build's status at %s: %s", spec.where, err)
-        if status is None and self._build_state(context) in _ENDED:  # its channel went with its clean-up
-            return self._after_build(context, None)
+        if status is None:  # its channel may have gone with the build's clean-up
+            build_state = build_state or self._build_state(context)
+            if build_state in _ENDED:
+                return self._after_build(context, None, build_state)
         if status is not None:
             verdict = judge(status.results or {}, self.dbt_node_id, self.tests, build_finished=status.finished)
             if verdict.verdict != "not_run" and self._accepts(verdict, announced, context):
@@ -200,10 +200,11 @@ class DbtNodeOperator(DbtOperator):
         began = _epoch(getattr(context["ti"], "start_date", None))
         return began is None or float(build_try.get("started_at") or 0) >= began
 
-    def _after_build(self, context: Context, verdict: NodeVerdict | None) -> dict[str, Any]:
+    def _after_build(self, context: Context, verdict: NodeVerdict | None, state: str | None) -> dict[str, Any]:
         """The build's try ended without a usable verdict for this node: follow its next try, run the node in a
-        retry of this task once the build is over, or fail saying what happened."""
-        state = self._build_state(context)
+        retry of this task once the build is over, or fail saying what happened. ``state`` is the build task's
+        state if this look already asked for it."""
+        state = state or self._build_state(context)
         if state not in _ENDED:
             return self._wait(context, f"the build is {state or 'not finished'}; following its next try")
         if context["ti"].try_number > 1:

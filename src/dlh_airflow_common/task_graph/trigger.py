@@ -16,7 +16,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec, RunStatus
-from dlh_airflow_common.task_graph.node_verdict import NodeVerdict, judge
+from dlh_airflow_common.task_graph.node_verdict import judge
 
 log = logging.getLogger(__name__)
 FIRST_STATUS_SECONDS = 120.0  # a build's runner may take this long to publish its first status (remote store)
@@ -69,17 +69,6 @@ def release_status(spec: ChannelSpec, shared: SharedStatus) -> None:
     key = (id(asyncio.get_running_loop()), spec.where)
     if shared.users <= 0 and _SHARED.get(key) is shared:
         del _SHARED[key]
-
-
-def verdict_event(verdict: NodeVerdict, **extra: Any) -> dict[str, Any]:
-    """A verdict as plain JSON for a trigger event or XCom."""
-    return {
-        "kind": "verdict",
-        "verdict": verdict.verdict,
-        "results": [[r.unique_id, r.status, r.message] for r in verdict.results],
-        "missing": list(verdict.missing),
-        **extra,
-    }
 
 
 class DbtNodeTrigger(BaseTrigger):
@@ -160,7 +149,7 @@ class DbtNodeTrigger(BaseTrigger):
                     beat, moved = status.beat, now
                 verdict = judge(status.results or {}, self.node_id, self.tests, build_finished=status.finished)
                 if verdict.verdict in ("success", "skipped") or (verdict.verdict == "failed" and self.accept_failure):
-                    return verdict_event(verdict)
+                    return verdict.to_event()
                 if status.finished:
                     return {"kind": "recheck", "reason": "the build finished"}
                 if now - moved > self.heartbeat_timeout:
