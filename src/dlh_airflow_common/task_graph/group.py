@@ -103,13 +103,30 @@ def add_graph_tasks(
         tasks[build_id] = build
     nodes = graph.by_id()
     groups: dict[tuple[str, ...], TaskGroup] = {}
+    waiting: dict[str, list[Any]] = {}
     for spec in rendered.tasks:
         with _group_for(spec.group, groups):
             tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, args, test_behavior)
-    for spec in rendered.tasks:
-        for upstream in spec.upstream:
-            tasks[upstream] >> tasks[spec.full_id]
+        _link(spec, tasks, waiting)
     return tasks
+
+
+def _link(spec: TaskSpec, tasks: Mapping[str, Any], waiting: dict[str, list[Any]]) -> None:
+    """Set a new task's dependencies on the tasks created before it, and of the tasks that waited for it.
+
+    Airflow hashes the whole DAG once for every task in a ``set_upstream``/``>>`` call: one call per task and
+    direction, made while the DAG is still growing, hashes fewer and smaller DAGs than one ``>>`` per edge at the end.
+    """
+    task = tasks[spec.full_id]
+    created = [tasks[upstream] for upstream in spec.upstream if upstream in tasks]
+    for upstream in spec.upstream:
+        if upstream not in tasks:
+            waiting.setdefault(upstream, []).append(task)
+    if created:
+        task.set_upstream(created)
+    later = waiting.pop(spec.full_id, None)
+    if later:
+        task.set_downstream(later)
 
 
 def _node_task(
