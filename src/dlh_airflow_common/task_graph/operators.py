@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import StartTriggerArgs
+from packaging.version import Version
 
 try:  # Airflow >= 3.2 (the task SDK's own)
     from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
@@ -25,18 +29,21 @@ from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException,
 from dlh_airflow_common.hooks.dbt import DbtTaskResult
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.settings import configured_seconds
-from dlh_airflow_common.task_graph.node_verdict import NodeResult, NodeVerdict, judge
+from dlh_airflow_common.task_graph.build import ensure_graph, graph_cache_root
+from dlh_airflow_common.task_graph.build_watch import ENDED, GRAPH_CHANNEL_XCOM, GRAPH_RESULTS_XCOM
+from dlh_airflow_common.task_graph.graph_file import Selection
+from dlh_airflow_common.task_graph.node_verdict import NODE_XCOM, NodeResult, NodeVerdict, judge
 from dlh_airflow_common.task_graph.trigger import MIN_RESUME_SECONDS, DbtNodeTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-GRAPH_CHANNEL_XCOM = "dbt_graph_channel"
-GRAPH_RESULTS_XCOM = "dbt_graph_results"
-NODE_XCOM = "dbt_node"
+# Airflow 3.3 starts a task in the triggerer with its task instance at hand and answers the trigger's XCom and
+# task-state requests (apache/airflow#55068); before, a node task starts on a worker and defers from there.
+STARTS_IN_TRIGGERER = Version(version("apache-airflow-core")) >= Version("3.3")
+
 MAX_COMPILED_SQL = 20_000  # characters of a failed node's compiled SQL kept in the final results
 MAX_COMPILED_NODES = 50
-_ENDED = frozenset({"success", "failed", "upstream_failed", "skipped", "removed"})
 # The least seconds between two looks of a rescheduled node task. As for a deferral (``MIN_RESUME_SECONDS``), a
 # quicker reschedule races the scheduler, which fails the task as "changed externally" when it learns of the
 # previous run's end after the next run began (seen with 1 s: the event came 7 s late on a loaded machine).
@@ -47,12 +54,22 @@ class DbtGraphBuildOperator(DbtOperator):
     """The one ``dbt build`` of a task graph: always detached, with every node's result in its run channel.
 
     Takes every ``DbtOperator`` argument; ``deferrable`` is always on (the node tasks read the running build).
+    After a successful run it refreshes the group's graph file if the project changed since it was built (as
+    ``dlh-dbt graph`` would), so the next DAG parse renders the project as it is now.
+
+    :param graph_selection: The selection the group's graph file was built for; None refreshes nothing.
+    :param graph_cache_dir: The graph file's cache root (default ``<run_dir_root>/.dlh_cache``).
+    :param kwargs: Every ``DbtOperator`` argument.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, graph_selection: Selection | None = None, graph_cache_dir: str | None = None, **kwargs: Any
+    ) -> None:
         kwargs["deferrable"] = True
         kwargs.setdefault("retry_from_failure", True)
         super().__init__(**kwargs)
+        self.graph_selection = graph_selection
+        self.graph_cache_dir = graph_cache_dir
 
     def _detached_options(self) -> dict[str, Any]:
         return {"node_results": True}
@@ -73,7 +90,31 @@ class DbtGraphBuildOperator(DbtOperator):
         streamed = status.results if status is not None and status.results else {}
         result = self._collect(context, event)
         self._publish_results(context, result, streamed, started_at=float(event.get("started_at") or 0))
+        if result.success:
+            self._refresh_graph()
         return self._finish(context, result)
+
+    def _refresh_graph(self) -> None:
+        """Rebuild the group's graph file if the project changed (``dbt ls``, once, under the file's lock); a
+        refresh that fails is a warning: the run itself succeeded."""
+        if self.graph_selection is None:
+            return
+        from dlh_airflow_common.task_graph.cli import hook_lister
+
+        lister = hook_lister(
+            dbt_project_dir=self.dbt_project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
+            venv_path=self.venv_path, env_vars=self.env_vars, schema_override=self.schema_override,
+            run_dir_root=self.run_dir_root, cache_dir=self.graph_cache_dir,
+        )  # fmt: skip
+        try:
+            root = graph_cache_root(self.dbt_project_dir, self.run_dir_root, self.graph_cache_dir)
+            built = ensure_graph(self.dbt_project_dir, self.graph_selection, lister, root)
+        except Exception as err:
+            self.log.warning("Could not refresh the task graph file of %s: %s", self.dbt_project_dir, err)
+            return
+        if built.built:
+            self.log.info("The project changed: refreshed its task graph file %s (%d nodes); the next DAG parse "
+                          "renders it", built.path, len(built.graph.nodes))  # fmt: skip
 
     def _publish_results(
         self, context: Context, result: DbtTaskResult, streamed: Mapping[str, Any], *, started_at: float
@@ -110,6 +151,9 @@ class DbtNodeOperator(DbtOperator):
     :param dbt_node_id: The node's ``unique_id``; None for a task of tests only.
     :param dbt_tests: The ``unique_id`` of each test placed in this task.
     :param build_task_id: The group's build task to follow (``one_process`` mode); None runs the node itself.
+    :param start_in_triggerer: Following a build, deferrable, on Airflow >= 3.3: start in the triggerer
+        (``start_from_trigger``), with no worker run to defer, and end there when the node succeeded or was
+        skipped and the task has no outlets (whose asset events only a worker registers).
     :param kwargs: Every ``DbtOperator`` argument; ``dbt_models`` is the node's own selection.
     """
 
@@ -121,12 +165,27 @@ class DbtNodeOperator(DbtOperator):
         dbt_node_id: str | None,
         dbt_tests: Sequence[str] = (),
         build_task_id: str | None = None,
+        start_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dbt_node_id = dbt_node_id
         self.tests = list(dbt_tests)
         self.build_task_id = build_task_id
+        if start_in_triggerer and build_task_id is not None and self.deferrable and STARTS_IN_TRIGGERER:
+            self.start_trigger_args = self._start_args(build_task_id)
+            self.start_from_trigger = True
+
+    def _start_args(self, build_task_id: str) -> StartTriggerArgs:
+        """How the scheduler starts this task in the triggerer: a ``DbtNodeTrigger`` that finds the build."""
+        trigger = DbtNodeTrigger(
+            channel=None, node_id=self.dbt_node_id, tests=self.tests, poll_interval=self.check_interval,
+            heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
+            min_wait=0.0, build_task_id=build_task_id, end_in_triggerer=not self.outlets,
+        )  # fmt: skip
+        classpath, trigger_kwargs = trigger.serialize()
+        return StartTriggerArgs(trigger_cls=classpath, next_method="follow_complete", trigger_kwargs=trigger_kwargs,
+                                next_kwargs=None, timeout=None)  # fmt: skip
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.build_task_id is None:
@@ -143,7 +202,7 @@ class DbtNodeOperator(DbtOperator):
         if event is not None:
             return self._end(context, NodeVerdict.from_event(event), compiled={}, source="the running build")
         build_state = self._build_state(context) if ti.try_number > 1 else None
-        if build_state in _ENDED:
+        if build_state in ENDED:
             return self._run_own(context)
         final = ti.xcom_pull(task_ids=self.build_task_id, key=GRAPH_RESULTS_XCOM)
         if isinstance(final, Mapping):
@@ -156,7 +215,7 @@ class DbtNodeOperator(DbtOperator):
         spec = ChannelSpec.from_dict(announced.get("channel")) if isinstance(announced, Mapping) else None
         if announced is None or spec is None:
             build_state = build_state or self._build_state(context)
-            if build_state in _ENDED:
+            if build_state in ENDED:
                 return self._after_build(context, None, build_state)
             return self._wait(context, "the build has not started dbt yet")
         status = None
@@ -166,7 +225,7 @@ class DbtNodeOperator(DbtOperator):
             self.log.warning("Could not read the build's status at %s: %s", spec.where, err)
         if status is None:  # its channel may have gone with the build's clean-up
             build_state = build_state or self._build_state(context)
-            if build_state in _ENDED:
+            if build_state in ENDED:
                 return self._after_build(context, None, build_state)
         if status is not None:
             verdict = judge(status.results or {}, self.dbt_node_id, self.tests, build_finished=status.finished)
@@ -205,7 +264,7 @@ class DbtNodeOperator(DbtOperator):
         retry of this task once the build is over, or fail saying what happened. ``state`` is the build task's
         state if this look already asked for it."""
         state = state or self._build_state(context)
-        if state not in _ENDED:
+        if state not in ENDED:
             return self._wait(context, f"the build is {state or 'not finished'}; following its next try")
         if context["ti"].try_number > 1:
             return self._run_own(context)
@@ -226,8 +285,7 @@ class DbtNodeOperator(DbtOperator):
         for result in verdict.results:
             level = self.log.error if result.failed else self.log.info
             level("%s (%s)", result.line(), source)
-        summary: dict[str, Any] = {"node_id": self.dbt_node_id, "tests": self.tests, "verdict": verdict.verdict,
-                   "results": [[r.unique_id, r.status] for r in verdict.results]}  # fmt: skip
+        summary = verdict.summary(self.dbt_node_id, self.tests)
         context["ti"].xcom_push(key=NODE_XCOM, value=summary)
         if verdict.verdict == "skipped":
             raise AirflowSkipException(f"dbt skipped {self._what()} in {source}.")
