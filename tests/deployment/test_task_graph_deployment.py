@@ -84,5 +84,10 @@ def test_task_graph_with_a_failing_model_through_the_rest_api(
     assert any("DbtRuntimeException" in e and "model.shop.stg_payments" in e for e in errors), errors
     log = deployment.task_log_text(dag_id, run_id, "shop.stg_payments")
     assert "ERROR model.shop.stg_payments" in log, log[-3000:]
+    # Each green model, seed and snapshot task emitted its relation's asset, named as OpenLineage names it.
+    events = deployment.api("GET", "/assets/events", params={"source_dag_id": dag_id, "source_run_id": run_id})
+    emitted = {event["source_task_id"]: event["name"] for event in events["asset_events"]}
+    namespace = f"duckdb://{projects.shop.parent / 'shop.duckdb'}"
+    assert emitted == {task: f"{namespace}/shop/main/{task.removeprefix('shop.')}" for task in green}, emitted
     assert dbt_processes(str(project)) == []
     assert not list(runs.glob("run_*")), "the build's run dir is removed after its try"

@@ -60,6 +60,8 @@ def test_shop_graph_renders_like_dbt_build(mode: str, tmp_path: Path) -> None:
     assert any("relationships_orders_customer_id" in test for test in tasks["customers"].tests)
     orders = built.graph.by_id()["model.shop.orders"]
     assert orders.relation is not None and (orders.relation.schema, orders.relation.identifier) == ("main", "orders")
+    # OpenLineage's namespace for the profile's DuckDB target, from the user's own profiles.yml.
+    assert built.graph.dataset_namespace == f"duckdb://{tmp_path / 'shop.duckdb'}"
     assert not list(project.glob("target/run_*")), "the dbt ls run dir must be removed"
 
 
@@ -144,7 +146,41 @@ def test_cli_builds_then_reports_fresh(tmp_path: Path) -> None:
     path, count, state = first.stdout.strip().split("\t")
     assert state == "built" and count == f"{len(json.loads(Path(path).read_text())['nodes'])} nodes"
     assert Path(path).is_relative_to(project / "target" / ".dlh_cache" / "task_graph")
+    # The namespace comes from the target the connection renders to.
+    assert json.loads(Path(path).read_text())["dataset_namespace"] == f"duckdb://{tmp_path / 'shop.duckdb'}"
     second = _cli(*args, env=env)
     assert second.returncode == 0 and second.stdout.strip().split("\t") == [path, count, "fresh"]
     missing = _cli("graph", str(tmp_path / "nowhere"), "--conn-id", "test_duckdb", env=env)
     assert missing.returncode == 1 and "nowhere" in missing.stderr
+
+
+def test_model_assets_name_the_relations_openlineage_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ``dbt build`` of examples/shop: every model, seed and snapshot it wrote, as OpenLineage's dbt
+    processing names it, is the asset its task declares (same namespace, same ``database.schema.alias``)."""
+    from dlh_airflow_common.dbt.lineage import build_lineage
+    from dlh_airflow_common.hooks.dbt import DbtHook, DbtTaskResult
+    from dlh_airflow_common.hooks.dbt_profiles import render_target
+    from dlh_airflow_common.task_graph.assets import asset_uri, dataset_name
+
+    project = Path(shutil.copytree(EXAMPLE_PROJECT, tmp_path / "shop", ignore=shutil.ignore_patterns("target")))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SHOP_DUCKDB", json.dumps({"conn_type": "duckdb", "host": str(tmp_path / "w.duckdb")})
+    )
+    lister = hook_lister(dbt_project_dir=project, conn_id="shop_duckdb")
+    built = ensure_graph(project, Selection(), lister, project / "target" / ".dlh_cache")
+    namespace = built.graph.dataset_namespace
+    assert namespace == f"duckdb://{tmp_path / 'w.duckdb'}"
+    hook = DbtHook(project, conn_id="shop_duckdb")
+    target = dict(render_target(hook.profile_source.connection()).target)
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def post_run(result: DbtTaskResult) -> None:
+        lineage = build_lineage(project_dir=project, target_path=result.target_path, profile_target=target)
+        seen.append(lineage.names())
+
+    hook.run_dbt_task("build", post_run=post_run)
+    outputs = set(seen[0][1])
+    declared = {f"{namespace}/{dataset_name(node)}" for node in built.graph.nodes if node.relation is not None}
+    assert outputs == declared and len(declared) == 10  # 6 models, 3 seeds, 1 snapshot
+    orders = built.graph.by_id()["model.shop.orders"]
+    assert asset_uri(str(namespace), orders) == f"{namespace}/w/main/orders"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dag_runner import run_dag_file
-from dlh_airflow_common.task_graph.build import ensure_graph
+from dlh_airflow_common.task_graph.build import ensure_graph, find_graph
 from dlh_airflow_common.task_graph.cli import hook_lister
 from dlh_airflow_common.task_graph.graph_file import Selection
 from dlh_airflow_common.task_graph.operators import GRAPH_RESULTS_XCOM, NODE_XCOM
@@ -76,6 +76,20 @@ def test_shop_in_one_process(shop: Path, airflow_db: Path, tmp_path: Path) -> No
     assert {uid for uid, _ in orders["results"]} >= {"model.shop.orders"} and len(orders["results"]) > 1
     assert dbt_processes(str(shop)) == []
     assert not list((shop / "target").glob("run_*")), "the build's run dir is removed"
+
+
+def test_a_successful_build_refreshes_a_stale_graph(shop: Path, airflow_db: Path, tmp_path: Path) -> None:
+    _graph(shop)
+    (shop / "models" / "marts" / "order_count.sql").write_text("select count(*) as n from {{ ref('orders') }}\n")
+    cache = shop / "target" / ".dlh_cache"
+    assert find_graph(shop, Selection(), cache) is None, "a new model makes the graph file stale"
+    run = _run(tmp_path, airflow_db, "graph_refresh", shop, extra="allow_stale_graph=True")
+    states = run.task_states  # type: ignore[attr-defined]
+    assert run.state == "success", states  # type: ignore[attr-defined]
+    assert "shop.order_count" not in states, "the DAG was parsed from the last graph file"
+    refreshed = find_graph(shop, Selection(), cache)
+    assert refreshed is not None and "model.shop.order_count" in refreshed.by_id()
+    assert len(list((cache / "task_graph").glob("*/*.json"))) == 1, "the stale file is pruned"
 
 
 def test_shop_per_node(shop: Path, airflow_db: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from dlh_airflow_common.task_graph.build import (
     ManifestUse,
     ensure_graph,
     find_graph,
+    graph_cache_root,
     graph_command,
     locate,
     require_graph,
@@ -38,7 +39,7 @@ class CountingLister:
         self.calls.append(selection)
         time.sleep(self.delay)
         ids: Sequence[str] = ["model.graphy.stg_items", "seed.graphy.raw_items"]
-        return use(ids, DATA / "task_graph_manifest.json")
+        return use(ids, DATA / "task_graph_manifest.json", "duckdb://warehouse.duckdb")
 
 
 @pytest.fixture
@@ -107,3 +108,20 @@ def test_a_missing_or_stale_graph_says_what_to_run(project: Path, tmp_path: Path
     (project / "models" / "base" / "stg_kinds.sql").write_text("select 3 as kind")
     with pytest.raises(DbtException, match="is stale"):
         require_graph(project, selection, cache)
+
+
+def test_a_stale_graph_may_serve_until_it_is_rebuilt(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    assert graph_cache_root(project, None, str(cache)) == cache
+    assert graph_cache_root(project, str(tmp_path / "runs")) == tmp_path / "runs" / ".dlh_cache"
+    with pytest.raises(DbtException, match="has not been built"):  # nothing to fall back on
+        require_graph(project, Selection(), cache, allow_stale=True)
+    built = ensure_graph(project, Selection(), CountingLister(), cache)
+    (project / "models" / "base" / "stg_kinds.sql").write_text("select 3 as kind")
+    assert require_graph(project, Selection(), cache, allow_stale=True) == built.graph
+    assert "is stale" in caplog.text and "dlh-dbt graph" in caplog.text
+    rebuilt = ensure_graph(project, Selection(), CountingLister(), cache)
+    assert rebuilt.built and rebuilt.graph.project_hash != built.graph.project_hash
+    assert require_graph(project, Selection(), cache) == rebuilt.graph

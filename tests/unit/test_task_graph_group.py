@@ -23,6 +23,7 @@ from repo_paths import REPO_ROOT
 
 MANIFEST = REPO_ROOT / "tests" / "data" / "task_graph_manifest.json"
 PROJECT = REPO_ROOT / "tests" / "data" / "task_graph_project"
+NAMESPACE = "duckdb:///warehouse/graphy.duckdb"
 
 
 @pytest.fixture
@@ -31,9 +32,10 @@ def project(tmp_path: Path) -> Path:
     copy = Path(shutil.copytree(PROJECT, tmp_path / "graphy"))
     location = locate(copy, Selection(), copy / "target" / ".dlh_cache")
     ids = list(json.loads(MANIFEST.read_text())["nodes"])
-    write_graph(
-        location.path, graph_from_manifest(MANIFEST, ids, project_hash=location.project_hash, selection=Selection())
+    graph = graph_from_manifest(
+        MANIFEST, ids, project_hash=location.project_hash, selection=Selection(), dataset_namespace=NAMESPACE
     )
+    write_graph(location.path, graph)
     return copy
 
 
@@ -95,3 +97,15 @@ def test_operator_args_may_not_set_what_each_task_sets(project: Path) -> None:
         DbtTaskGroup("graphy", dbt_project_dir=str(project), operator_args={"dbt_models": "x"})
     with pytest.raises(DbtException, match="execution_mode"), _dag():
         DbtTaskGroup("graphy", dbt_project_dir=str(project), execution_mode="watcher")  # type: ignore[arg-type]
+
+
+def test_model_and_seed_tasks_declare_their_relation_as_an_asset(project: Path) -> None:
+    with _dag():
+        group = DbtTaskGroup("graphy", dbt_project_dir=str(project), test_behavior="after_all")
+    tasks = group.dbt_tasks
+    assert [a.uri for a in tasks["item_report"].outlets] == ["duckdb:/warehouse/graphy.duckdb/graphy/main/item_report"]
+    assert [a.name for a in tasks["raw_kinds"].outlets] == [f"{NAMESPACE}/graphy/main/raw_kinds"]
+    assert tasks["dbt_tests"].outlets == [] and tasks["dbt_build"].outlets == []
+    with _dag("off"):
+        quiet = DbtTaskGroup("graphy", dbt_project_dir=str(project), model_assets=False)
+    assert all(not task.outlets for task in quiet.dbt_tasks.values())

@@ -9,6 +9,7 @@ hash>/`` (the cache root is the run-dir root's ``.dlh_cache``, as for the partia
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from dlh_airflow_common.dbt.deps import DEFAULT_LOCK_TIMEOUT, file_lock
+from dlh_airflow_common.dbt.partial_parse import cache_root
 from dlh_airflow_common.dbt.run_dir import sanitize
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.task_graph.graph_file import (
@@ -31,9 +33,11 @@ from dlh_airflow_common.task_graph.graph_file import (
 from dlh_airflow_common.task_graph.project_hash import project_hash
 
 GRAPH_CACHE_DIR = "task_graph"
+logger = logging.getLogger(__name__)
 
-ManifestUse = Callable[[Sequence[str], Path], GraphFile]
-"""``use(selected_unique_ids, manifest_path)``: called by a lister while dbt's manifest still exists."""
+ManifestUse = Callable[[Sequence[str], Path, "str | None"], GraphFile]
+"""``use(selected_unique_ids, manifest_path, dataset_namespace)``: called by a lister while dbt's manifest still
+exists, with OpenLineage's namespace of the target dbt used (``assets.target_namespace``) or None."""
 Lister = Callable[[Selection, ManifestUse], GraphFile]
 """``lister(selection, use)`` runs ``dbt ls`` for ``selection`` and returns what ``use`` returned."""
 
@@ -53,6 +57,14 @@ class GraphLocation:
     @property
     def lock_path(self) -> Path:
         return self.directory / f"{self.selection_key}.lock"
+
+
+def graph_cache_root(
+    project_dir: str | os.PathLike[str], run_dir_root: str | None = None, cache_dir: str | None = None
+) -> Path:
+    """The cache root graph files live under: ``cache_dir``, else the run-dir root's ``.dlh_cache`` (the project's
+    ``target/.dlh_cache`` by default), as for the partial-parse and deps caches."""
+    return cache_root(Path(run_dir_root) if run_dir_root else Path(project_dir) / "target", cache_dir)
 
 
 def selection_key(selection: Selection) -> str:
@@ -92,22 +104,38 @@ def graph_command(project_dir: str | os.PathLike[str], selection: Selection) -> 
     return " ".join(words)
 
 
-def require_graph(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphFile:
+def require_graph(
+    project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path, *, allow_stale: bool = False
+) -> GraphFile:
     """The fresh graph file, or a ``DbtException`` saying it is missing or stale and what to run.
 
     :param project_dir: The dbt project.
     :param selection: The selection arguments the graph was built for.
     :param cache_root: The cache root (``partial_parse.cache_root``).
+    :param allow_stale: For a stale file, return the newest one built for older project content (with a
+        warning) instead of raising: the DAG keeps its last shape until the graph is rebuilt.
     """
     location = locate(project_dir, selection, cache_root)
     if location.path.is_file():
         return read_graph(location.path)
-    others = list(location.directory.glob(f"{location.selection_key}-*.json"))
+    others = sorted(location.directory.glob(f"{location.selection_key}-*.json"), key=_mtime, reverse=True)
+    command = graph_command(project_dir, selection)
+    if others and allow_stale:
+        logger.warning(
+            "The task graph of %s is stale (the project changed since it was built): using the last one, %s, "
+            "until a successful build refreshes it or `%s` runs.", project_dir, others[0], command,
+        )  # fmt: skip
+        return read_graph(others[0])
     state = "is stale (the project changed since it was built)" if others else "has not been built"
-    raise DbtException(
-        f"The task graph of {project_dir} for this selection {state}; build it with: "
-        f"{graph_command(project_dir, selection)} (cache {cache_root})."
-    )
+    raise DbtException(f"The task graph of {project_dir} for this selection {state}; build it with: {command} "
+                       f"(cache {cache_root}).")  # fmt: skip
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # pruned meanwhile by a builder
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -142,8 +170,11 @@ def ensure_graph(
         if location.path.is_file():  # another builder finished while this one waited
             return BuiltGraph(location.path, read_graph(location.path), built=False)
 
-        def use(selected: Sequence[str], manifest_path: Path) -> GraphFile:
-            return graph_from_manifest(manifest_path, selected, project_hash=location.project_hash, selection=selection)
+        def use(selected: Sequence[str], manifest_path: Path, namespace: str | None) -> GraphFile:
+            return graph_from_manifest(
+                manifest_path, selected, project_hash=location.project_hash, selection=selection,
+                dataset_namespace=namespace,
+            )  # fmt: skip
 
         graph = lister(selection, use)
         write_graph(location.path, graph)

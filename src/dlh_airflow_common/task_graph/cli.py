@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.dbt.partial_parse import cache_root
 from dlh_airflow_common.exceptions.dbt import DbtException
-from dlh_airflow_common.task_graph.build import Lister, ManifestUse, ensure_graph
+from dlh_airflow_common.task_graph.assets import target_namespace
+from dlh_airflow_common.task_graph.build import Lister, ManifestUse, ensure_graph, graph_cache_root
 from dlh_airflow_common.task_graph.graph_file import GraphFile, Selection
 
 LS_ARGS = ("--output", "json", "--output-keys", "unique_id")
@@ -60,7 +60,7 @@ def hook_lister(logger: logging.Logger | None = None, **hook_kwargs: Any) -> Lis
 
         def post_run(result: DbtTaskResult) -> None:
             if result.success:
-                made.append(use(listed.unique_ids, Path(result.target_path) / "manifest.json"))
+                made.append(use(listed.unique_ids, Path(result.target_path) / "manifest.json", _namespace(hook)))
 
         hook.run_dbt_task(
             "ls", select=list(selection.select) or None, exclude=list(selection.exclude) or None,
@@ -71,6 +71,18 @@ def hook_lister(logger: logging.Logger | None = None, **hook_kwargs: Any) -> Lis
         return made[0]
 
     return lister
+
+
+def _namespace(hook: Any) -> str | None:
+    """OpenLineage's namespace of the target the hook's run used (for the model Assets); None if unknown."""
+    from dlh_airflow_common.hooks.dbt_profiles import render_target
+
+    rendered = None
+    if hook.conn_id:
+        source = hook.profile_source
+        rendered = render_target(source.connection(), schema_override=source.schema_override).target
+    return target_namespace(hook.dbt_project_dir, rendered_target=rendered, profiles_dir=hook.profiles_dir,
+                            target=hook.target)  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selection = Selection(
         select=tuple(args.select), exclude=tuple(args.exclude), selector=args.selector, target=args.target
     )
-    root = cache_root(Path(args.run_dir_root) if args.run_dir_root else project / "target", args.cache_dir)
+    root = graph_cache_root(project, args.run_dir_root, args.cache_dir)
     lister = hook_lister(
         _stderr_logger(),
         dbt_project_dir=project, conn_id=args.conn_id, profiles_dir=args.profiles_dir, venv_path=args.venv_path,

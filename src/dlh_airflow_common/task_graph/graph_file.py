@@ -15,7 +15,7 @@ import msgspec
 from dlh_airflow_common.dbt.channel import write_bytes_atomic
 from dlh_airflow_common.exceptions.dbt import DbtArtifactException
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # What a graph file holds: nodes that can become tasks, the tests placed with them, and the ephemeral
 # models dependencies pass through.
 GRAPH_RESOURCE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
@@ -68,7 +68,8 @@ class GraphNode(msgspec.Struct, frozen=True):
 
 
 class GraphFile(msgspec.Struct, frozen=True):
-    """The whole file: a header (format, dbt, project, hash, selection) and the nodes in dbt's order."""
+    """The whole file: a header (format, dbt, project, hash, selection, OpenLineage's dataset namespace of the
+    target, for Assets) and the nodes in dbt's order."""
 
     format_version: int
     dbt_version: str
@@ -76,6 +77,7 @@ class GraphFile(msgspec.Struct, frozen=True):
     project_hash: str
     selection: Selection
     nodes: tuple[GraphNode, ...]
+    dataset_namespace: str | None = None
 
     def by_id(self) -> dict[str, GraphNode]:
         return {node.unique_id: node for node in self.nodes}
@@ -146,7 +148,12 @@ def _nearest_selected(
 
 
 def graph_from_manifest(
-    manifest_path: Path, selected_ids: Iterable[str], *, project_hash: str, selection: Selection
+    manifest_path: Path,
+    selected_ids: Iterable[str],
+    *,
+    project_hash: str,
+    selection: Selection,
+    dataset_namespace: str | None = None,
 ) -> GraphFile:
     """The graph file for the nodes dbt selected (``dbt ls``), from the manifest that run wrote."""
     metadata, nodes = read_manifest_nodes(manifest_path)
@@ -174,6 +181,7 @@ def graph_from_manifest(
         project_hash=project_hash,
         selection=selection,
         nodes=graph_nodes,
+        dataset_namespace=dataset_namespace,
     )
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from airflow.sdk import DAG, TaskGroup
 
-from dlh_airflow_common.dbt.partial_parse import cache_root
 from dlh_airflow_common.exceptions.dbt import DbtException
-from dlh_airflow_common.task_graph.build import ensure_graph, require_graph
+from dlh_airflow_common.task_graph.assets import node_assets
+from dlh_airflow_common.task_graph.build import ensure_graph, graph_cache_root, require_graph
 from dlh_airflow_common.task_graph.graph_file import GraphFile, GraphNode, Selection
 from dlh_airflow_common.task_graph.operators import DbtGraphBuildOperator, DbtNodeOperator
 from dlh_airflow_common.task_graph.render import RenderedGraph, TaskSpec, TestBehavior, render
@@ -42,13 +41,15 @@ def load_graph(
     run_dir_root: str | None = None,
     graph_cache_dir: str | None = None,
     build_graph_at_parse: bool = False,
+    allow_stale_graph: bool = False,
     hook_kwargs: Mapping[str, Any] | None = None,
 ) -> GraphFile:
     """The project's graph file for ``selection``: the cached one, or (``build_graph_at_parse``) built once
-    under a lock with ``dbt ls``; a missing or stale one otherwise raises, naming the command to run."""
-    root = cache_root(Path(run_dir_root) if run_dir_root else Path(dbt_project_dir) / "target", graph_cache_dir)
+    under a lock with ``dbt ls``; a missing or stale one otherwise raises, naming the command to run, unless
+    ``allow_stale_graph`` lets a stale one serve until it is refreshed."""
+    root = graph_cache_root(dbt_project_dir, run_dir_root, graph_cache_dir)
     if not build_graph_at_parse:
-        return require_graph(dbt_project_dir, selection, root)
+        return require_graph(dbt_project_dir, selection, root, allow_stale=allow_stale_graph)
     from dlh_airflow_common.task_graph.cli import hook_lister
 
     lister = hook_lister(dbt_project_dir=dbt_project_dir, run_dir_root=run_dir_root, cache_dir=graph_cache_dir,
@@ -70,6 +71,8 @@ def add_graph_tasks(
     group_by_folder: bool = False,
     operator_args: Mapping[str, Any] | None = None,
     build_args: Mapping[str, Any] | None = None,
+    model_assets: bool = True,
+    graph_cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """Create the graph's tasks in the current DAG or task group; returns them by id (``dbt_build`` included).
 
@@ -81,6 +84,10 @@ def add_graph_tasks(
     :param operator_args: ``DbtOperator`` arguments for every task (connection, target, vars, retries...).
     :param build_args: Arguments for the ``dbt_build`` task only, over ``operator_args`` (its ``retries``,
         ``execution_timeout``, ``pool``...).
+    :param model_assets: Give each model, seed and snapshot task its relation as an Airflow Asset outlet
+        (``assets.asset_uri``), when the graph file knows the target's OpenLineage namespace.
+    :param graph_cache_dir: The graph file's cache root, for the build task to refresh the file after a
+        successful run once the project changed.
     """
     if execution_mode not in EXECUTION_MODES:
         raise DbtException(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not {execution_mode!r}.")
@@ -98,14 +105,18 @@ def add_graph_tasks(
         build = DbtGraphBuildOperator(
             task_id=build_id, dbt_project_dir=dbt_project_dir, dbt_command="build",
             dbt_models=list(selection.select) or None, exclude=exclude or None, selector=selection.selector,
-            **{**args, **dict(build_args or {})},
+            graph_selection=selection, graph_cache_dir=graph_cache_dir, **{**args, **dict(build_args or {})},
         )  # fmt: skip
         tasks[build_id] = build
     nodes = graph.by_id()
+    namespace = graph.dataset_namespace if model_assets else None
     groups: dict[tuple[str, ...], TaskGroup] = {}
     for spec in rendered.tasks:
         with _group_for(spec.group, groups):
-            tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, args, test_behavior)
+            own = dict(args)
+            if spec.node_id and namespace:
+                own["outlets"] = [*node_assets(namespace, nodes[spec.node_id]), *(args.get("outlets") or ())]
+            tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, own, test_behavior)
     for spec in rendered.tasks:
         for upstream in spec.upstream:
             tasks[upstream] >> tasks[spec.full_id]
@@ -184,9 +195,13 @@ class DbtTaskGroup(TaskGroup):
     :param graph_cache_dir: The cache root of the graph file (default ``<run_dir_root>/.dlh_cache``).
     :param build_graph_at_parse: Build a missing or stale graph file while parsing (runs ``dbt ls`` once, under
         a lock): convenient in development, slow for a DAG processor.
+    :param allow_stale_graph: When the project changed since its graph file was built, keep the last file (a
+        warning) rather than fail the import; the ``dbt_build`` task refreshes it after its next successful run.
     :param operator_args: More ``DbtOperator`` arguments for every task (``dbt_vars``, ``threads``,
         ``deferrable``, ``check_interval``, ``run_channel``, ``retries``...).
     :param build_args: Arguments for the ``dbt_build`` task only, over ``operator_args`` (e.g. its ``retries``).
+    :param model_assets: Each model, seed and snapshot task declares its relation as an Airflow Asset outlet,
+        named as OpenLineage names it (``<namespace>/<database>/<schema>/<alias>``, see docs/task-graph.md).
     :param kwargs: ``TaskGroup`` arguments (``tooltip``, ``default_args``, ``prefix_group_id``...).
     """
 
@@ -208,8 +223,10 @@ class DbtTaskGroup(TaskGroup):
         group_by_folder: bool = False,
         graph_cache_dir: str | None = None,
         build_graph_at_parse: bool = False,
+        allow_stale_graph: bool = False,
         operator_args: Mapping[str, Any] | None = None,
         build_args: Mapping[str, Any] | None = None,
+        model_assets: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(group_id=group_id, **kwargs)
@@ -218,6 +235,7 @@ class DbtTaskGroup(TaskGroup):
             profiles_dir=profiles_dir, venv_path=venv_path, run_dir_root=run_dir_root, execution_mode=execution_mode,
             test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
             build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
+            model_assets=model_assets, allow_stale_graph=allow_stale_graph,
         )  # fmt: skip
         graph = project.graph()
         with self:
@@ -241,8 +259,10 @@ def DbtDag(
     group_by_folder: bool = False,
     graph_cache_dir: str | None = None,
     build_graph_at_parse: bool = False,
+    allow_stale_graph: bool = False,
     operator_args: Mapping[str, Any] | None = None,
     build_args: Mapping[str, Any] | None = None,
+    model_assets: bool = True,
     **dag_kwargs: Any,
 ) -> DAG:
     """A DAG holding a dbt project's tasks at its top level; arguments as ``DbtTaskGroup``'s, plus ``DAG``'s
@@ -263,8 +283,10 @@ def DbtDag(
     :param group_by_folder: See ``DbtTaskGroup``.
     :param graph_cache_dir: See ``DbtTaskGroup``.
     :param build_graph_at_parse: See ``DbtTaskGroup``.
+    :param allow_stale_graph: See ``DbtTaskGroup``.
     :param operator_args: See ``DbtTaskGroup``.
     :param build_args: See ``DbtTaskGroup``.
+    :param model_assets: See ``DbtTaskGroup``.
     :param dag_kwargs: ``DAG`` arguments.
     """
     project = ProjectTasks(
@@ -272,6 +294,7 @@ def DbtDag(
         profiles_dir=profiles_dir, venv_path=venv_path, run_dir_root=run_dir_root, execution_mode=execution_mode,
         test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
         build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
+        model_assets=model_assets, allow_stale_graph=allow_stale_graph,
     )  # fmt: skip
     graph = project.graph()
     dag = DAG(dag_id=dag_id, **dag_kwargs)
@@ -298,8 +321,10 @@ class ProjectTasks:
     group_by_folder: bool = False
     graph_cache_dir: str | None = None
     build_graph_at_parse: bool = False
+    allow_stale_graph: bool = False
     operator_args: Mapping[str, Any] | None = None
     build_args: Mapping[str, Any] | None = None
+    model_assets: bool = True
 
     def graph(self) -> GraphFile:
         """The project's graph file for this selection (``load_graph``)."""
@@ -307,7 +332,8 @@ class ProjectTasks:
         return load_graph(
             self.dbt_project_dir, selection,
             run_dir_root=self.run_dir_root, graph_cache_dir=self.graph_cache_dir,
-            build_graph_at_parse=self.build_graph_at_parse, hook_kwargs=self._named(with_run_dir_root=False),
+            build_graph_at_parse=self.build_graph_at_parse, allow_stale_graph=self.allow_stale_graph,
+            hook_kwargs=self._named(with_run_dir_root=False),
         )  # fmt: skip
 
     def add(self, graph: GraphFile) -> dict[str, Any]:
@@ -316,7 +342,7 @@ class ProjectTasks:
             graph, dbt_project_dir=self.dbt_project_dir, execution_mode=self.execution_mode,
             test_behavior=self.test_behavior, group_by_folder=self.group_by_folder,
             operator_args={**self._named(with_run_dir_root=True), **dict(self.operator_args or {})},
-            build_args=self.build_args,
+            build_args=self.build_args, model_assets=self.model_assets, graph_cache_dir=self.graph_cache_dir,
         )  # fmt: skip
 
     def _named(self, *, with_run_dir_root: bool) -> dict[str, Any]:

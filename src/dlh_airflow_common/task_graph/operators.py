@@ -25,6 +25,8 @@ from dlh_airflow_common.exceptions.dbt import DbtException, DbtRuntimeException,
 from dlh_airflow_common.hooks.dbt import DbtTaskResult
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.settings import configured_seconds
+from dlh_airflow_common.task_graph.build import ensure_graph, graph_cache_root
+from dlh_airflow_common.task_graph.graph_file import Selection
 from dlh_airflow_common.task_graph.node_verdict import NodeResult, NodeVerdict, judge
 from dlh_airflow_common.task_graph.trigger import MIN_RESUME_SECONDS, DbtNodeTrigger
 
@@ -47,12 +49,22 @@ class DbtGraphBuildOperator(DbtOperator):
     """The one ``dbt build`` of a task graph: always detached, with every node's result in its run channel.
 
     Takes every ``DbtOperator`` argument; ``deferrable`` is always on (the node tasks read the running build).
+    After a successful run it refreshes the group's graph file if the project changed since it was built (as
+    ``dlh-dbt graph`` would), so the next DAG parse renders the project as it is now.
+
+    :param graph_selection: The selection the group's graph file was built for; None refreshes nothing.
+    :param graph_cache_dir: The graph file's cache root (default ``<run_dir_root>/.dlh_cache``).
+    :param kwargs: Every ``DbtOperator`` argument.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, graph_selection: Selection | None = None, graph_cache_dir: str | None = None, **kwargs: Any
+    ) -> None:
         kwargs["deferrable"] = True
         kwargs.setdefault("retry_from_failure", True)
         super().__init__(**kwargs)
+        self.graph_selection = graph_selection
+        self.graph_cache_dir = graph_cache_dir
 
     def _detached_options(self) -> dict[str, Any]:
         return {"node_results": True}
@@ -73,7 +85,31 @@ class DbtGraphBuildOperator(DbtOperator):
         streamed = status.results if status is not None and status.results else {}
         result = self._collect(context, event)
         self._publish_results(context, result, streamed, started_at=float(event.get("started_at") or 0))
+        if result.success:
+            self._refresh_graph()
         return self._finish(context, result)
+
+    def _refresh_graph(self) -> None:
+        """Rebuild the group's graph file if the project changed (``dbt ls``, once, under the file's lock); a
+        refresh that fails is a warning: the run itself succeeded."""
+        if self.graph_selection is None:
+            return
+        from dlh_airflow_common.task_graph.cli import hook_lister
+
+        lister = hook_lister(
+            dbt_project_dir=self.dbt_project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
+            venv_path=self.venv_path, env_vars=self.env_vars, schema_override=self.schema_override,
+            run_dir_root=self.run_dir_root, cache_dir=self.graph_cache_dir,
+        )  # fmt: skip
+        try:
+            root = graph_cache_root(self.dbt_project_dir, self.run_dir_root, self.graph_cache_dir)
+            built = ensure_graph(self.dbt_project_dir, self.graph_selection, lister, root)
+        except Exception as err:
+            self.log.warning("Could not refresh the task graph file of %s: %s", self.dbt_project_dir, err)
+            return
+        if built.built:
+            self.log.info("The project changed: refreshed its task graph file %s (%d nodes); the next DAG parse "
+                          "renders it", built.path, len(built.graph.nodes))  # fmt: skip
 
     def _publish_results(
         self, context: Context, result: DbtTaskResult, streamed: Mapping[str, Any], *, started_at: float
