@@ -223,3 +223,25 @@ def test_git_daemon_a_new_commit_between_two_runs(git_daemon: GitDaemon, duckdb_
     shutil.rmtree(repo.work)
     again = hook.run_dbt_task("run")
     assert again.project["version"] == second_commit and not hook.last_checkout.fetched
+
+
+# -- the task graph -------------------------------------------------------------------------------------------------
+def test_a_task_graph_of_a_git_project_is_found_at_parse_time_without_a_download(
+    duckdb_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlh_airflow_common.task_graph.cli import main
+    from dlh_airflow_common.task_graph.group import DbtDag
+
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_DIR", str(tmp_path / "cache"))
+    repo = GitRepo(tmp_path / "git")
+    repo.commit(project_files(models={"orders": "select 1 as id\n", "customers": "select * from {{ ref('orders') }}"}))
+    url = f"git+{repo.url}@main"
+    graph_cache = str(tmp_path / "graphs")
+    assert main(["graph", url, "--conn-id", duckdb_conn, "--cache-dir", graph_cache]) == 0
+    shutil.rmtree(tmp_path / "cache")  # what a DAG processor without the project has
+    dag = DbtDag("remote_graph", dbt_project_dir=url, conn_id=duckdb_conn, graph_cache_dir=graph_cache,
+                 execution_mode="per_node", schedule=None)  # fmt: skip
+    tasks = {task.task_id: task for task in dag.tasks}
+    assert set(tasks) >= {"orders", "customers"} and tasks["customers"].upstream_task_ids == {"orders"}
+    assert tasks["orders"].dbt_project_dir == url, "each task resolves the project's version when it runs"
+    assert not (tmp_path / "cache").exists(), "parsing asked git for the version and downloaded nothing"

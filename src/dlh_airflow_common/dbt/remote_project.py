@@ -25,7 +25,7 @@ from dlh_airflow_common.dbt.project_source import ProjectSource, parse_source, s
 from dlh_airflow_common.dbt.redact import Redactor
 from dlh_airflow_common.exceptions.dbt import DbtProjectSourceException
 
-__all__ = ["ProjectCheckout", "checkout_project", "find_project_root"]
+__all__ = ["ProjectCheckout", "checkout_project", "find_project_root", "source_version"]
 
 ConnectionLookup = Callable[[str], Any]
 _BUNDLE_FILE = "bundle"
@@ -209,6 +209,19 @@ def _checked_fill(remote: _Remote) -> Callable[[Path], str]:
         return version
 
     return fill
+
+
+def source_version(
+    dbt_project_dir: str | os.PathLike[str], *, conn_id: str | None = None, connection: ConnectionLookup | None = None
+) -> tuple[ProjectSource, str | None]:
+    """The parsed source and its current version, asked of the source without fetching anything (None: local).
+
+    :param dbt_project_dir: As for ``checkout_project``.
+    :param conn_id: The Airflow connection that reaches the storage or the git server.
+    :param connection: Looks a connection up by id, for git credentials.
+    """
+    source = parse_source(os.fspath(dbt_project_dir), conn_id)
+    return source, _remote(source, connection).version() if source.remote else None
 
 
 @contextmanager

@@ -52,7 +52,8 @@ class DbtHook(BaseHook):
         URL of a folder or a ``.zip``/``.tar.gz`` bundle (``s3://bucket/shop.tar.gz``), or a git URL with a
         ref (``git+https://git.example.com/shop.git@main``, ``git+ssh://...``).
     :param dbt_project_conn_id: The Airflow connection that reaches a remote ``dbt_project_dir`` (object
-        storage, or git: login/password for HTTPS, ``private_key``/``known_hosts`` in the extra for SSH).
+        storage, or git: login/password for HTTPS, ``private_key``/``known_hosts`` in the extra for SSH);
+        default ``[dlh_dbt] project_conn_id``.
     :param project_cache_dir: Where fetched project versions are kept on this worker; default
         ``[dlh_dbt] project_cache_dir``, else ``<cache dir>/projects`` (``cache_dir``'s default).
     :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs instead of the one beside Airflow.
@@ -128,7 +129,7 @@ class DbtHook(BaseHook):
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
-        self.dbt_project_conn_id = dbt_project_conn_id or None
+        self.dbt_project_conn_id = dbt_project_conn_id or configured("project_conn_id")
         self.project_cache_dir = str(project_cache_dir) if project_cache_dir else None
         self.project_source: ProjectSource = parse_source(self.dbt_project_dir, self.dbt_project_conn_id)
         self.last_checkout: ProjectCheckout | None = None  # the project dir (and version) of the last try
