@@ -181,13 +181,16 @@ def test_a_missing_key_or_bucket_is_a_typed_error(s3: MotoS3, prefix: str, tmp_p
     assert caught.value.url == url
 
 
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
 def test_the_operator_pushes_the_version_to_xcom(
-    s3: MotoS3, prefix: str, duckdb_conn: str, airflow_db: Path, tmp_path: Path
+    s3: MotoS3, prefix: str, duckdb_conn: str, airflow_db: Path, tmp_path: Path, deferrable: bool
 ) -> None:
     url = _put(s3, f"{prefix}/shop.tar.gz", tar_bytes(project_files()))
-    kwargs = {"conn_id": duckdb_conn, "dbt_project_conn_id": S3_CONN, "project_cache_dir": str(tmp_path / "cache")}
-    dag_file = write_dag(tmp_path, "dbt_remote_project", url, [("dbt_run", "run", kwargs)])  # type: ignore[arg-type]
-    run = run_dag_file(dag_file, airflow_db / "dags", "dbt_remote_project")
+    kwargs = {"conn_id": duckdb_conn, "dbt_project_conn_id": S3_CONN, "project_cache_dir": str(tmp_path / "cache"),
+              "deferrable": deferrable, "check_interval": 0.5}  # fmt: skip
+    dag_id = f"dbt_remote_project_{'deferrable' if deferrable else 'sync'}"
+    dag_file = write_dag(tmp_path, dag_id, url, [("dbt_run", "run", kwargs)])  # type: ignore[arg-type]
+    run = run_dag_file(dag_file, airflow_db / "dags", dag_id)
     assert run.task_states == {"dbt_run": "success"}
     summary = run.xcom("dbt_run", "dbt_summary")
     etag = s3.client().head_object(Bucket=s3.bucket, Key=f"{prefix}/shop.tar.gz")["ETag"].strip('"')
