@@ -95,6 +95,8 @@ def test_a_folder_on_s3_builds_with_real_dbt_and_is_fetched_once(
     for path in sorted(example_project.rglob("*")):
         if path.is_file():
             _put(s3, f"{prefix}/{path.relative_to(example_project).as_posix()}", path.read_bytes())
+    for marker in ("", "models/"):  # the empty "folder" objects consoles and some tools create
+        _put(s3, f"{prefix}/{marker}", b"")
     hook = _hook(s3.url(prefix) + "/", tmp_path, duckdb_conn, dbt_project_conn_id=S3_CONN)
     first = hook.run_dbt_task("build")
     assert first.success and "model.shop.orders" in _built(first)

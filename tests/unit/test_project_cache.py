@@ -68,9 +68,19 @@ def test_a_failed_fill_leaves_nothing_behind(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         cache.publish(SLOT, "v1", broken, meta={})
-    leftovers = [p.name for p in (tmp_path / SLOT).iterdir() if p.name not in (".lock", f"{version_name('v1')}.lease")]
-    assert leftovers == []
+    assert [p.name for p in (tmp_path / SLOT).iterdir()] == [".lock"]
     assert cache.lease(SLOT, "v1") is None
+    assert [p.name for p in (tmp_path / SLOT).iterdir()] == [".lock"], "asking leaves no lease file behind"
+
+
+def test_prune_removes_leases_and_records_of_versions_that_are_gone(tmp_path: Path) -> None:
+    cache = ProjectCache(tmp_path)
+    cache.publish(SLOT, "v1", _filler("v1"), meta={})[1].release()
+    for suffix in (".lease", ".json"):
+        (tmp_path / SLOT / f"{version_name('gone')}{suffix}").write_text("")
+    assert cache.prune(SLOT) == []
+    names = sorted(p.name for p in (tmp_path / SLOT).iterdir())
+    assert names == sorted([".lock", *(f"{version_name('v1')}{s}" for s in ("", ".json", ".lease"))])
 
 
 def test_a_killed_fetch_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None:

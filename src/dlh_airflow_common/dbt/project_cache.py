@@ -77,9 +77,9 @@ class ProjectCache:
     def lease(self, slot: str, version: str) -> tuple[Path, Lease] | None:
         """The published tree of ``version`` with a lease on it, or None when it is not in the cache."""
         directory = self.root / slot
-        if not directory.is_dir():
-            return None
         name = version_name(version)
+        if not (directory / name).is_dir():  # no lease file is made for a version that is not there
+            return None
         lease = Lease(directory / f"{name}.lease")
         if (directory / name).is_dir():  # checked under the lease: the pruner cannot remove it from here on
             return directory / name, lease
@@ -104,18 +104,19 @@ class ProjectCache:
                 return (*found, False)
             _remove_leftovers(directory)  # only a killed fetch leaves one: fetches hold this lock
             tmp = directory / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o700)
             try:
                 fetched = fill(tmp / "tree")
                 name = version_name(fetched)
                 final = directory / name
-                lease = Lease(directory / f"{name}.lease")
                 fetched_now = not final.is_dir()  # else the source moved to a version this cache already holds
                 if fetched_now:
+                    record = {**meta, "version": fetched, "fetched_at": time.time()}
+                    write_bytes_atomic(directory / f"{name}.json", json.dumps(record, indent=2).encode("utf-8"))
                     os.rename(tmp / "tree", final)
-                record = {**meta, "version": fetched, "fetched_at": time.time()}
-                write_bytes_atomic(directory / f"{name}.json", json.dumps(record, indent=2).encode("utf-8"))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            lease = Lease(directory / f"{name}.lease")
             self.prune(slot, current=name)
         return final, lease, fetched_now
 
@@ -128,6 +129,9 @@ class ProjectCache:
             reverse=True,
         )
         removed: list[str] = []
+        for orphan in directory.glob(f"{_VERSION_PREFIX}*.*"):  # the lease or record of a version that is gone
+            if orphan.suffix in (".lease", ".json") and not orphan.with_suffix("").is_dir():
+                _remove_unleased(directory, orphan.stem)
         now = time.time()
         for path in versions[self.keep :]:
             name = path.name
@@ -155,7 +159,8 @@ def _remove_unleased(directory: Path, name: str) -> bool:
         except BlockingIOError:
             return False
         trash = directory / f"{_TRASH_PREFIX}{name}-{secrets.token_hex(4)}"
-        os.rename(directory / name, trash)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(directory / name, trash)
         (directory / f"{name}.json").unlink(missing_ok=True)
         lease_path.unlink(missing_ok=True)
     finally:

@@ -115,7 +115,6 @@ def _archive_remote(source: ProjectSource) -> _Remote:
     def fill(into: Path) -> str:
         before = _object_version(info())
         fs, path = _open(source)
-        into.parent.mkdir(parents=True, exist_ok=True)
         bundle = into.parent / _BUNDLE_FILE
         fs.get_file(path, str(bundle))
         if _object_version(info()) != before:
@@ -141,11 +140,9 @@ def _objects_remote(source: ProjectSource) -> _Remote:
         digest = hashlib.sha256()
         for full in sorted(found):
             info = found[full]
-            if info.get("type") == "directory" or full.rstrip("/") == root.rstrip("/"):
-                continue
+            if info.get("type") == "directory" or full.endswith("/") or full.rstrip("/") == root.rstrip("/"):
+                continue  # folders, and the empty "folder/" objects some tools write to show one
             relative = safe_relative(full[len(root.rstrip("/")) + 1 :], url=source.url, what="object")
-            if str(relative).endswith("/"):
-                continue
             files[relative.as_posix()] = full
             digest.update(f"{relative.as_posix()}\x00{_object_version(info)}\x00".encode())
         if not files:
@@ -155,7 +152,7 @@ def _objects_remote(source: ProjectSource) -> _Remote:
     def fill(into: Path) -> str:
         version, files = listing()
         fs, _ = _open(source)
-        into.mkdir(parents=True, mode=0o700)
+        into.mkdir(mode=0o700)
         targets = [str(into / name) for name in files]
         for target in targets:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +180,6 @@ def _git_remote(source: ProjectSource, connection: ConnectionLookup | None) -> _
 
     def fill(into: Path) -> str:
         commit = resolved.get("commit") or version()
-        into.parent.mkdir(parents=True, exist_ok=True)
         with git_environment(credentials) as env:
             return fetch_commit(source.location, ref, commit, into, env=env, url=source.url, redactor=redactor)
 
