@@ -1,20 +1,24 @@
 """Remote dbt project sources for tests and benchmarks (plain Python, no pytest): bundles, git repos, git daemon.
 
 ``GitRepo`` is a bare repository with a work tree that commits into it; ``GitDaemon`` serves a directory of bare
-repositories over ``git://`` on 127.0.0.1 (``git daemon``, part of git).
+repositories over ``git://`` on 127.0.0.1 (``git daemon``, part of git), ``GitHttpServer`` over smart HTTP with
+Basic auth (``git http-backend``).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
 
@@ -156,3 +160,70 @@ class GitDaemon(LoopbackServer):
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
+
+
+class GitHttpServer(LoopbackServer):
+    """git's smart HTTP protocol on 127.0.0.1 (``git http-backend`` behind a small HTTP server) with Basic auth:
+    every request without ``username``/``password`` gets 401, as a private git host answers."""
+
+    def __init__(self, base: Path, username: str, password: str) -> None:
+        self.base = base
+        self.port = 0
+        self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.refused = 0  # requests answered 401
+        self._server: ThreadingHTTPServer | None = None
+
+    def url(self, repo: GitRepo) -> str:
+        return f"http://127.0.0.1:{self.port}/{repo.bare.relative_to(self.base).as_posix()}"
+
+    def start(self) -> Self:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:  # quiet
+                return
+
+            def do_GET(self) -> None:
+                self._backend()
+
+            def do_POST(self) -> None:
+                self._backend()
+
+            def _backend(self) -> None:
+                if self.headers.get("Authorization") != owner.expected:
+                    owner.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                env = {**os.environ, "GIT_PROJECT_ROOT": str(owner.base), "GIT_HTTP_EXPORT_ALL": "1",
+                       "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command,
+                       "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+                       "REMOTE_USER": "git", "REMOTE_ADDR": "127.0.0.1",
+                       "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                       "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", "")}  # fmt: skip
+                done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
+                head, _, payload = done.stdout.partition(b"\r\n\r\n")
+                headers = [line.split(":", 1) for line in head.decode("latin-1").split("\r\n") if ":" in line]
+                status = next((int(value.split()[0]) for name, value in headers if name.lower() == "status"), 200)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() != "status":
+                        self.send_header(name, value.strip())
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.port = free_port()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -20,7 +20,7 @@ from dag_runner import run_dag_file
 from dlh_airflow_common.exceptions.dbt import DbtProjectSourceException
 from dlh_airflow_common.hooks.dbt import DbtHook
 from operability import write_dag
-from remote_sources import GitDaemon, GitRepo, project_files, tar_bytes, zip_bytes
+from remote_sources import GitDaemon, GitHttpServer, GitRepo, project_files, tar_bytes, zip_bytes
 from s3_server import MotoS3
 
 pytestmark = pytest.mark.integration
@@ -228,6 +228,47 @@ def test_git_daemon_a_new_commit_between_two_runs(git_daemon: GitDaemon, duckdb_
     shutil.rmtree(repo.work)
     again = hook.run_dbt_task("run")
     assert again.project["version"] == second_commit and not hook.last_checkout.fetched
+
+
+GIT_PASSWORD = "gh-token-" + "7" * 24
+
+
+@pytest.fixture
+def git_http(tmp_path: Path) -> Iterator[GitHttpServer]:
+    available, reason = GitDaemon.available()  # git http-backend ships with the same git
+    if not available:
+        _unavailable(f"git unavailable: {reason}")
+    base = tmp_path / "http"
+    base.mkdir()
+    with GitHttpServer(base, "deploy", GIT_PASSWORD) as server:
+        yield server
+
+
+def test_git_over_https_auth_takes_credentials_from_the_connection_and_never_leaks_them(
+    git_http: GitHttpServer,
+    duckdb_conn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repo = GitRepo(git_http.base)
+    commit = repo.commit(project_files())
+    url = f"git+{git_http.url(repo)}@main"
+    for conn_id, password in (("git_shop", GIT_PASSWORD), ("git_wrong", "wrong-" + GIT_PASSWORD)):
+        conn = {"conn_type": "generic", "login": "deploy", "password": password}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    caplog.set_level("DEBUG")
+    result = _hook(url, tmp_path, duckdb_conn, dbt_project_conn_id="git_shop").run_dbt_task("run")
+    assert result.success and result.project["version"] == commit and _built(result) == {"model.shop.orders"}
+    with pytest.raises(DbtProjectSourceException, match="ls-remote failed") as wrong:
+        _hook(url, tmp_path, duckdb_conn, dbt_project_conn_id="git_wrong").run_dbt_task("run")
+    with pytest.raises(DbtProjectSourceException, match="ls-remote failed"):
+        _hook(url, tmp_path, duckdb_conn).run_dbt_task("run")  # no connection: 401, and git never prompts
+    assert git_http.refused >= 2
+    seen = [caplog.text, json.dumps(result.to_xcom()), str(wrong.value), wrong.value.url]
+    seen += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()
+             and not p.is_relative_to(git_http.base)]  # fmt: skip
+    assert not [text for text in seen if GIT_PASSWORD in text], "the password reached a log, XCom or a file"
 
 
 # -- the task graph -------------------------------------------------------------------------------------------------
