@@ -466,6 +466,28 @@ class AirflowDeployment:
         run: dict[str, Any] = wait_until(reached, limit, f"run {run_id} to be {sorted(wanted)}", interval=0.3)
         return run
 
+    def follow_run(
+        self, dag_id: str, run_id: str, limit: float = 300
+    ) -> tuple[dict[str, str], dict[str, set[str]], dict[str, Any]]:
+        """Poll the run and its task instances until the run and every task have ended: the final task states,
+        every state each task was seen in, and the run. (A run fails once its leaves ended; tasks of other
+        branches may still be finishing then.)"""
+        ended = {"success", "failed", "upstream_failed", "skipped", "removed"}
+        seen: dict[str, set[str]] = {}
+        final: dict[str, str] = {}
+        run: dict[str, Any] = {}
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            listed = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+            for ti in listed:
+                seen.setdefault(ti["task_id"], set()).add(str(ti["state"]))
+            final = {ti["task_id"]: str(ti["state"]) for ti in listed}
+            run = dict(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+            if run.get("state") in ("success", "failed") and set(final.values()) <= ended:
+                break
+            time.sleep(0.5)
+        return final, seen, run
+
     def mark_failed(self, dag_id: str, run_id: str, task_id: str) -> Any:
         """What a user's "mark failed" does: Airflow then kills the task (or the trigger of a deferred one)."""
         return self.api(

@@ -109,3 +109,32 @@ def test_model_and_seed_tasks_declare_their_relation_as_an_asset(project: Path) 
     with _dag("off"):
         quiet = DbtTaskGroup("graphy", dbt_project_dir=str(project), model_assets=False)
     assert all(not task.outlets for task in quiet.dbt_tasks.values())
+
+
+def test_node_tasks_start_in_the_triggerer_and_end_there_only_without_outlets(project: Path) -> None:
+    from airflow.serialization import serialized_objects
+
+    from dlh_airflow_common.task_graph.operators import STARTS_IN_TRIGGERER
+
+    dag = DbtDag("graphy_start", dbt_project_dir=str(project), test_behavior="after_all", schedule=None,
+                 start_date=datetime(2025, 1, 1))  # fmt: skip
+    report, tests, build = dag.task_dict["item_report"], dag.task_dict["dbt_tests"], dag.task_dict["dbt_build"]
+    assert report.start_from_trigger is STARTS_IN_TRIGGERER and not build.start_from_trigger
+    if not STARTS_IN_TRIGGERER:  # Airflow before 3.3: node tasks start on a worker and defer from there
+        assert report.start_trigger_args is None
+        return
+    kwargs = report.start_trigger_args.trigger_kwargs
+    assert report.start_trigger_args.next_method == "follow_complete" and kwargs["channel"] is None
+    assert kwargs["build_task_id"] == "dbt_build" and kwargs["node_id"] == "model.graphy.item_report"
+    assert kwargs["end_in_triggerer"] is False, "a task with an asset outlet ends on a worker, which registers it"
+    assert tests.start_trigger_args.trigger_kwargs["end_in_triggerer"] is True
+    codec = serialized_objects.DagSerialization  # what the dag-processor stores and the scheduler reads (3.3)
+    restored = codec.from_dict(codec.to_dict(dag)).task_dict["item_report"]
+    assert restored.start_from_trigger and restored.start_trigger_args.next_method == "follow_complete"
+    assert "model.graphy.item_report" in str(restored.start_trigger_args.trigger_kwargs)
+    per_node = DbtDag("graphy_nodes", dbt_project_dir=str(project), execution_mode="per_node", schedule=None,
+                      start_date=datetime(2025, 1, 1))  # fmt: skip
+    assert not per_node.task_dict["item_report"].start_from_trigger
+    off = DbtDag("graphy_off", dbt_project_dir=str(project), node_tasks_in_triggerer=False, schedule=None,
+                 start_date=datetime(2025, 1, 1))  # fmt: skip
+    assert not off.task_dict["item_report"].start_from_trigger

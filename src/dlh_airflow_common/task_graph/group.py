@@ -73,6 +73,7 @@ def add_graph_tasks(
     build_args: Mapping[str, Any] | None = None,
     model_assets: bool = True,
     graph_cache_dir: str | None = None,
+    node_tasks_in_triggerer: bool = True,
 ) -> dict[str, Any]:
     """Create the graph's tasks in the current DAG or task group; returns them by id (``dbt_build`` included).
 
@@ -88,6 +89,8 @@ def add_graph_tasks(
         (``assets.asset_uri``), when the graph file knows the target's OpenLineage namespace.
     :param graph_cache_dir: The graph file's cache root, for the build task to refresh the file after a
         successful run once the project changed.
+    :param node_tasks_in_triggerer: In ``one_process`` mode on Airflow >= 3.3, deferrable node tasks start in
+        the triggerer and, without outlets, end there (``DbtNodeOperator``'s ``start_in_triggerer``).
     """
     if execution_mode not in EXECUTION_MODES:
         raise DbtException(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not {execution_mode!r}.")
@@ -116,6 +119,7 @@ def add_graph_tasks(
             own = dict(args)
             if spec.node_id and namespace:
                 own["outlets"] = [*node_assets(namespace, nodes[spec.node_id]), *(args.get("outlets") or ())]
+            own["start_in_triggerer"] = node_tasks_in_triggerer
             tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, own, test_behavior)
     for spec in rendered.tasks:
         for upstream in spec.upstream:
@@ -202,6 +206,8 @@ class DbtTaskGroup(TaskGroup):
     :param build_args: Arguments for the ``dbt_build`` task only, over ``operator_args`` (e.g. its ``retries``).
     :param model_assets: Each model, seed and snapshot task declares its relation as an Airflow Asset outlet,
         named as OpenLineage names it (``<namespace>/<database>/<schema>/<alias>``, see docs/task-graph.md).
+    :param node_tasks_in_triggerer: On Airflow >= 3.3, node tasks following the build start in the triggerer
+        (no worker run to defer) and, when they have no outlets, end there on success or skip.
     :param kwargs: ``TaskGroup`` arguments (``tooltip``, ``default_args``, ``prefix_group_id``...).
     """
 
@@ -227,6 +233,7 @@ class DbtTaskGroup(TaskGroup):
         operator_args: Mapping[str, Any] | None = None,
         build_args: Mapping[str, Any] | None = None,
         model_assets: bool = True,
+        node_tasks_in_triggerer: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(group_id=group_id, **kwargs)
@@ -236,6 +243,7 @@ class DbtTaskGroup(TaskGroup):
             test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
             build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
             model_assets=model_assets, allow_stale_graph=allow_stale_graph,
+            node_tasks_in_triggerer=node_tasks_in_triggerer,
         )  # fmt: skip
         graph = project.graph()
         with self:
@@ -263,6 +271,7 @@ def DbtDag(
     operator_args: Mapping[str, Any] | None = None,
     build_args: Mapping[str, Any] | None = None,
     model_assets: bool = True,
+    node_tasks_in_triggerer: bool = True,
     **dag_kwargs: Any,
 ) -> DAG:
     """A DAG holding a dbt project's tasks at its top level; arguments as ``DbtTaskGroup``'s, plus ``DAG``'s
@@ -287,6 +296,7 @@ def DbtDag(
     :param operator_args: See ``DbtTaskGroup``.
     :param build_args: See ``DbtTaskGroup``.
     :param model_assets: See ``DbtTaskGroup``.
+    :param node_tasks_in_triggerer: See ``DbtTaskGroup``.
     :param dag_kwargs: ``DAG`` arguments.
     """
     project = ProjectTasks(
@@ -295,6 +305,7 @@ def DbtDag(
         test_behavior=test_behavior, group_by_folder=group_by_folder, graph_cache_dir=graph_cache_dir,
         build_graph_at_parse=build_graph_at_parse, operator_args=operator_args, build_args=build_args,
         model_assets=model_assets, allow_stale_graph=allow_stale_graph,
+        node_tasks_in_triggerer=node_tasks_in_triggerer,
     )  # fmt: skip
     graph = project.graph()
     dag = DAG(dag_id=dag_id, **dag_kwargs)
@@ -325,6 +336,7 @@ class ProjectTasks:
     operator_args: Mapping[str, Any] | None = None
     build_args: Mapping[str, Any] | None = None
     model_assets: bool = True
+    node_tasks_in_triggerer: bool = True
 
     def graph(self) -> GraphFile:
         """The project's graph file for this selection (``load_graph``)."""
@@ -343,6 +355,7 @@ class ProjectTasks:
             test_behavior=self.test_behavior, group_by_folder=self.group_by_folder,
             operator_args={**self._named(with_run_dir_root=True), **dict(self.operator_args or {})},
             build_args=self.build_args, model_assets=self.model_assets, graph_cache_dir=self.graph_cache_dir,
+            node_tasks_in_triggerer=self.node_tasks_in_triggerer,
         )  # fmt: skip
 
     def _named(self, *, with_run_dir_root: bool) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dlh_airflow_common.dbt.events import NODE_FAILURE_STATUSES
 
 Verdict = Literal["waiting", "success", "failed", "skipped", "not_run"]
 SKIPPED = "skipped"
+NODE_XCOM = "dbt_node"  # a node task's verdict and results (``NodeVerdict.summary``), pushed as it ends
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class NodeVerdict:
     @property
     def failures(self) -> tuple[NodeResult, ...]:
         return tuple(result for result in self.results if result.failed)
+
+    def summary(self, node_id: str | None, tests: Sequence[str]) -> dict[str, Any]:
+        """What a node task pushes as XCom ``dbt_node`` when it ends."""
+        return {"node_id": node_id, "tests": list(tests), "verdict": self.verdict,
+                "results": [[r.unique_id, r.status] for r in self.results]}  # fmt: skip
 
     def to_event(self) -> dict[str, Any]:
         """Plain JSON for a trigger event (``from_event`` reads it back)."""

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import StartTriggerArgs
+from packaging.version import Version
 
 try:  # Airflow >= 3.2 (the task SDK's own)
     from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
@@ -26,19 +30,20 @@ from dlh_airflow_common.hooks.dbt import DbtTaskResult
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.settings import configured_seconds
 from dlh_airflow_common.task_graph.build import ensure_graph, graph_cache_root
+from dlh_airflow_common.task_graph.build_watch import ENDED, GRAPH_CHANNEL_XCOM, GRAPH_RESULTS_XCOM
 from dlh_airflow_common.task_graph.graph_file import Selection
-from dlh_airflow_common.task_graph.node_verdict import NodeResult, NodeVerdict, judge
+from dlh_airflow_common.task_graph.node_verdict import NODE_XCOM, NodeResult, NodeVerdict, judge
 from dlh_airflow_common.task_graph.trigger import MIN_RESUME_SECONDS, DbtNodeTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-GRAPH_CHANNEL_XCOM = "dbt_graph_channel"
-GRAPH_RESULTS_XCOM = "dbt_graph_results"
-NODE_XCOM = "dbt_node"
+# Airflow 3.3 starts a task in the triggerer with its task instance at hand and answers the trigger's XCom and
+# task-state requests (apache/airflow#55068); before, a node task starts on a worker and defers from there.
+STARTS_IN_TRIGGERER = Version(version("apache-airflow-core")) >= Version("3.3")
+
 MAX_COMPILED_SQL = 20_000  # characters of a failed node's compiled SQL kept in the final results
 MAX_COMPILED_NODES = 50
-_ENDED = frozenset({"success", "failed", "upstream_failed", "skipped", "removed"})
 # The least seconds between two looks of a rescheduled node task. As for a deferral (``MIN_RESUME_SECONDS``), a
 # quicker reschedule races the scheduler, which fails the task as "changed externally" when it learns of the
 # previous run's end after the next run began (seen with 1 s: the event came 7 s late on a loaded machine).
@@ -146,6 +151,9 @@ class DbtNodeOperator(DbtOperator):
     :param dbt_node_id: The node's ``unique_id``; None for a task of tests only.
     :param dbt_tests: The ``unique_id`` of each test placed in this task.
     :param build_task_id: The group's build task to follow (``one_process`` mode); None runs the node itself.
+    :param start_in_triggerer: Following a build, deferrable, on Airflow >= 3.3: start in the triggerer
+        (``start_from_trigger``), with no worker run to defer, and end there when the node succeeded or was
+        skipped and the task has no outlets (whose asset events only a worker registers).
     :param kwargs: Every ``DbtOperator`` argument; ``dbt_models`` is the node's own selection.
     """
 
@@ -157,12 +165,27 @@ class DbtNodeOperator(DbtOperator):
         dbt_node_id: str | None,
         dbt_tests: Sequence[str] = (),
         build_task_id: str | None = None,
+        start_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dbt_node_id = dbt_node_id
         self.tests = list(dbt_tests)
         self.build_task_id = build_task_id
+        if start_in_triggerer and build_task_id is not None and self.deferrable and STARTS_IN_TRIGGERER:
+            self.start_trigger_args = self._start_args(build_task_id)
+            self.start_from_trigger = True
+
+    def _start_args(self, build_task_id: str) -> StartTriggerArgs:
+        """How the scheduler starts this task in the triggerer: a ``DbtNodeTrigger`` that finds the build."""
+        trigger = DbtNodeTrigger(
+            channel=None, node_id=self.dbt_node_id, tests=self.tests, poll_interval=self.check_interval,
+            heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
+            min_wait=0.0, build_task_id=build_task_id, end_in_triggerer=not self.outlets,
+        )  # fmt: skip
+        classpath, trigger_kwargs = trigger.serialize()
+        return StartTriggerArgs(trigger_cls=classpath, next_method="follow_complete", trigger_kwargs=trigger_kwargs,
+                                next_kwargs=None, timeout=None)  # fmt: skip
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.build_task_id is None:
@@ -179,7 +202,7 @@ class DbtNodeOperator(DbtOperator):
         if event is not None:
             return self._end(context, NodeVerdict.from_event(event), compiled={}, source="the running build")
         build_state = self._build_state(context) if ti.try_number > 1 else None
-        if build_state in _ENDED:
+        if build_state in ENDED:
             return self._run_own(context)
         final = ti.xcom_pull(task_ids=self.build_task_id, key=GRAPH_RESULTS_XCOM)
         if isinstance(final, Mapping):
@@ -192,7 +215,7 @@ class DbtNodeOperator(DbtOperator):
         spec = ChannelSpec.from_dict(announced.get("channel")) if isinstance(announced, Mapping) else None
         if announced is None or spec is None:
             build_state = build_state or self._build_state(context)
-            if build_state in _ENDED:
+            if build_state in ENDED:
                 return self._after_build(context, None, build_state)
             return self._wait(context, "the build has not started dbt yet")
         status = None
@@ -202,7 +225,7 @@ class DbtNodeOperator(DbtOperator):
             self.log.warning("Could not read the build's status at %s: %s", spec.where, err)
         if status is None:  # its channel may have gone with the build's clean-up
             build_state = build_state or self._build_state(context)
-            if build_state in _ENDED:
+            if build_state in ENDED:
                 return self._after_build(context, None, build_state)
         if status is not None:
             verdict = judge(status.results or {}, self.dbt_node_id, self.tests, build_finished=status.finished)
@@ -241,7 +264,7 @@ class DbtNodeOperator(DbtOperator):
         retry of this task once the build is over, or fail saying what happened. ``state`` is the build task's
         state if this look already asked for it."""
         state = state or self._build_state(context)
-        if state not in _ENDED:
+        if state not in ENDED:
             return self._wait(context, f"the build is {state or 'not finished'}; following its next try")
         if context["ti"].try_number > 1:
             return self._run_own(context)
@@ -262,8 +285,7 @@ class DbtNodeOperator(DbtOperator):
         for result in verdict.results:
             level = self.log.error if result.failed else self.log.info
             level("%s (%s)", result.line(), source)
-        summary: dict[str, Any] = {"node_id": self.dbt_node_id, "tests": self.tests, "verdict": verdict.verdict,
-                   "results": [[r.unique_id, r.status] for r in verdict.results]}  # fmt: skip
+        summary = verdict.summary(self.dbt_node_id, self.tests)
         context["ti"].xcom_push(key=NODE_XCOM, value=summary)
         if verdict.verdict == "skipped":
             raise AirflowSkipException(f"dbt skipped {self._what()} in {source}.")
