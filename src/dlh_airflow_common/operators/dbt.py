@@ -22,7 +22,7 @@ from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, 
 from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink, DbtRunReportLink
 from dlh_airflow_common.operators import after_run
 from dlh_airflow_common.settings import configured, configured_seconds
-from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger, resume_delay
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -329,6 +329,7 @@ class DbtOperator(BaseOperator):
             keep_run_dir=self.keep_target_artifacts,
             channel=process.channel,
             heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
+            min_wait=resume_delay(),
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 
