@@ -133,3 +133,35 @@ def test_the_connection_gives_git_its_credentials(tmp_path: Path) -> None:
 )
 def test_object_versions_prefer_version_ids_then_etags(info: dict[str, object], version: str) -> None:
     assert _object_version(info) == version
+
+
+def test_an_unknown_git_connection_is_a_typed_error(tmp_path: Path) -> None:
+    def lookup(conn_id: str) -> None:
+        raise LookupError(f"The conn_id `{conn_id}` isn't defined")
+
+    with (
+        pytest.raises(DbtProjectSourceException, match="connection 'nope' cannot be read"),
+        checkout_project("git+https://h/shop.git@main", conn_id="nope", cache_dir=tmp_path, connection=lookup),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [(ConnectionResetError("reset by peer"), True), (RuntimeError("bad endpoint_url"), False)],
+)
+def test_storage_client_errors_become_typed_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, retryable: bool
+) -> None:
+    from dlh_airflow_common.dbt import remote_project
+
+    def failing(source: object) -> None:
+        raise error
+
+    monkeypatch.setattr(remote_project, "_open", failing)
+    with (
+        pytest.raises(DbtProjectSourceException, match="cannot be read through connection 'aws'") as caught,
+        checkout_project("s3://bucket/shop.tar.gz", conn_id="aws", cache_dir=tmp_path),
+    ):
+        pass
+    assert caught.value.retryable is retryable and str(caught.value).startswith("s3://bucket/shop.tar.gz")

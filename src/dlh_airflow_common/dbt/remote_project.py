@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.dbt.archive import check_links, extract_archive
+from dlh_airflow_common.dbt.channel import is_transient
 from dlh_airflow_common.dbt.git_source import GitCredentials, fetch_commit, git_environment, resolve_ref
 from dlh_airflow_common.dbt.project import PROJECT_FILE
 from dlh_airflow_common.dbt.project_cache import DEFAULT_KEEP, DEFAULT_MIN_IDLE, Lease, ProjectCache
@@ -101,22 +102,38 @@ def _missing(source: ProjectSource, err: BaseException | None = None) -> DbtProj
     )
 
 
+@contextmanager
+def _storage_errors(source: ProjectSource) -> Iterator[None]:
+    """What the storage client raises, as one typed error naming the URL (retryable when it is transient)."""
+    try:
+        yield
+    except DbtProjectSourceException:
+        raise
+    except (FileNotFoundError, PermissionError) as err:
+        raise _missing(source, err) from None
+    except Exception as err:
+        via = f" through connection {source.conn_id!r}" if source.conn_id else ""
+        raise DbtProjectSourceException(
+            f"{source.url}: cannot be read{via}: {type(err).__name__}: {err}", url=source.url,
+            retryable=is_transient(err),
+        ) from None  # fmt: skip
+
+
 def _archive_remote(source: ProjectSource) -> _Remote:
     def info() -> dict[str, Any]:
-        fs, path = _open(source)
-        try:
+        with _storage_errors(source):
+            fs, path = _open(source)
             found = dict(fs.info(path))
-        except (FileNotFoundError, PermissionError) as err:
-            raise _missing(source, err) from None
         if found.get("type") == "directory":
             raise DbtProjectSourceException(f"{source.url}: is a folder, not a bundle file.", url=source.url)
         return found
 
     def fill(into: Path) -> str:
         before = _object_version(info())
-        fs, path = _open(source)
         bundle = into.parent / _BUNDLE_FILE
-        fs.get_file(path, str(bundle))
+        with _storage_errors(source):
+            fs, path = _open(source)
+            fs.get_file(path, str(bundle))
         if _object_version(info()) != before:
             raise DbtProjectSourceException(
                 f"{source.url}: changed while it was being fetched; try again.", url=source.url, retryable=True
@@ -131,11 +148,9 @@ def _archive_remote(source: ProjectSource) -> _Remote:
 def _objects_remote(source: ProjectSource) -> _Remote:
     def listing() -> tuple[str, dict[str, str]]:
         """The folder's objects (relative name -> full path) and the digest of their versions."""
-        fs, root = _open(source)
-        try:
+        with _storage_errors(source):
+            fs, root = _open(source)
             found = fs.find(root, detail=True)
-        except (FileNotFoundError, PermissionError) as err:
-            raise _missing(source, err) from None
         files: dict[str, str] = {}
         digest = hashlib.sha256()
         for full in sorted(found):
@@ -151,12 +166,13 @@ def _objects_remote(source: ProjectSource) -> _Remote:
 
     def fill(into: Path) -> str:
         version, files = listing()
-        fs, _ = _open(source)
         into.mkdir(mode=0o700)
         targets = [str(into / name) for name in files]
         for target in targets:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-        fs.get(list(files.values()), targets)
+        with _storage_errors(source):
+            fs, _ = _open(source)
+            fs.get(list(files.values()), targets)
         if listing()[0] != version:
             raise DbtProjectSourceException(
                 f"{source.url}: changed while it was being fetched; try again.", url=source.url, retryable=True
@@ -168,7 +184,15 @@ def _objects_remote(source: ProjectSource) -> _Remote:
 
 # -- git -----------------------------------------------------------------------------------------------
 def _git_remote(source: ProjectSource, connection: ConnectionLookup | None) -> _Remote:
-    credentials = GitCredentials.from_connection(connection(source.conn_id)) if source.conn_id and connection else None
+    credentials = None
+    if source.conn_id and connection is not None:
+        try:
+            credentials = GitCredentials.from_connection(connection(source.conn_id))
+        except Exception as err:
+            raise DbtProjectSourceException(
+                f"{source.url}: connection {source.conn_id!r} cannot be read: {type(err).__name__}: {err}",
+                url=source.url,
+            ) from None
     redactor = Redactor(credentials.secrets if credentials else ())
     ref = source.ref or "HEAD"
     resolved: dict[str, str] = {}
