@@ -66,7 +66,12 @@ class DbtOperator(BaseOperator):
     artifacts. The summary is pushed to XCom (key ``dbt_summary`` and, on success, the return value)
     and a failure raises the matching ``DbtException`` subclass.
 
-    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``). Templated.
+    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``), or a remote one fetched
+        once per version on each worker: an ``ObjectStoragePath`` URL of a folder or a ``.zip``/``.tar.gz``
+        bundle, or ``git+https://...@<ref>`` / ``git+ssh://...@<ref>`` (docs/remote-projects.md). Templated.
+    :param dbt_project_conn_id: The Airflow connection that reaches a remote ``dbt_project_dir``.
+    :param project_cache_dir: Where this worker keeps fetched project versions; default
+        ``[dlh_dbt] project_cache_dir``, else ``.dlh_cache/projects`` under the run dir root.
     :param dbt_command: The dbt command, e.g. ``build``, ``run``, ``seed``, ``source freshness``,
         ``docs generate``. Templated.
     :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs, with its own dbt version and adapters.
@@ -149,6 +154,8 @@ class DbtOperator(BaseOperator):
         self,
         *,
         dbt_project_dir: str,
+        dbt_project_conn_id: str | None = None,
+        project_cache_dir: str | None = None,
         dbt_command: str = "build",
         venv_path: str | None = None,
         conn_id: str | None = None,
@@ -196,6 +203,8 @@ class DbtOperator(BaseOperator):
         super().__init__(execution_timeout=backstop, **kwargs)
         self.dbt_timeout = timeout
         self.dbt_project_dir = dbt_project_dir
+        self.dbt_project_conn_id = dbt_project_conn_id
+        self.project_cache_dir = project_cache_dir
         self.dbt_command = dbt_command
         self.venv_path = venv_path
         self.conn_id = conn_id
@@ -244,6 +253,8 @@ class DbtOperator(BaseOperator):
     def hook(self) -> DbtHook:
         return DbtHook(
             dbt_project_dir=self.dbt_project_dir,
+            dbt_project_conn_id=self.dbt_project_conn_id,
+            project_cache_dir=self.project_cache_dir,
             venv_path=self.venv_path,
             conn_id=self.conn_id,
             target=self.target,
@@ -351,7 +362,7 @@ class DbtOperator(BaseOperator):
         generated = bool(self.conn_id)  # the hook generated the profile: its profile and target names
         self._lineage = after_run.lineage(
             result,
-            project_dir=self.dbt_project_dir,
+            project_dir=str(self._project_path()),
             profile_name=GENERATED_PROFILE_NAME if generated and not self._project_profile() else None,
             target=self.target or (GENERATED_TARGET_NAME if generated else None),
             log=self.log,
@@ -374,10 +385,15 @@ class DbtOperator(BaseOperator):
             publish_docs=self.publish_docs,
         )
 
+    def _project_path(self) -> Path:
+        """The local project dir of the try in progress (a remote project's cached version), else the argument."""
+        checkout = self.hook.last_checkout
+        return checkout.path if checkout is not None else Path(self.dbt_project_dir)
+
     def _project_profile(self) -> str | None:
         from dlh_airflow_common.dbt.project import load_project
 
-        return load_project(self.dbt_project_dir).profile
+        return load_project(self._project_path()).profile
 
     def pre_execute(self, context: Any) -> None:
         """With ``publish_docs``, ``docs generate`` also writes the self-contained ``static_index.html``."""
@@ -392,8 +408,9 @@ class DbtOperator(BaseOperator):
         if self._lineage is None:
             return OperatorLineage()
         return OperatorLineage(
-            inputs=self._lineage.inputs, outputs=self._lineage.outputs, run_facets=self._lineage.run_facets
-        )
+            inputs=self._lineage.inputs, outputs=self._lineage.outputs, run_facets=self._lineage.run_facets,
+            job_facets=self._lineage.job_facets,
+        )  # fmt: skip
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
         """A failed run still read its inputs and may have built some models before the failure."""
@@ -418,7 +435,8 @@ class DbtOperator(BaseOperator):
         if channel:
             state = resume_state_url(channel, *key)
         else:
-            root = Path(self.run_dir_root) if self.run_dir_root else Path(self.dbt_project_dir) / "target"
+            run_root = self.hook.run_root()
+            root = Path(run_root) if run_root else Path(self.dbt_project_dir) / "target"
             state = str(resume_state_dir(root, *key))
         if ti.try_number <= 1:  # a first try never resumes leftovers of an older run
             store = retry_state.open_state(state, self.hook.run_channel_conn_id, log=self.log)

@@ -106,6 +106,7 @@ class DbtGraphBuildOperator(DbtOperator):
             dbt_project_dir=self.dbt_project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
             venv_path=self.venv_path, env_vars=self.env_vars, schema_override=self.schema_override,
             run_dir_root=self.run_dir_root, cache_dir=self.graph_cache_dir,
+            dbt_project_conn_id=self.dbt_project_conn_id, project_cache_dir=self.project_cache_dir,
         )  # fmt: skip
         try:
             root = graph_cache_root(self.dbt_project_dir, self.run_dir_root, self.graph_cache_dir)
