@@ -5,18 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
-from types import TracebackType
 from typing import Any, Self
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from loopback import LoopbackServer, free_port
 
 
-class MotoS3:
+class MotoS3(LoopbackServer):
     """moto's S3 on 127.0.0.1 (threaded server in this process) with ``bucket`` created; dummy credentials."""
 
     ACCESS_KEY = "channel-test-key"
@@ -44,7 +38,7 @@ class MotoS3:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
-        self.port = _free_port()
+        self.port = free_port()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         self.client().create_bucket(Bucket=self.bucket)
@@ -83,11 +77,3 @@ class MotoS3:
             with contextlib.suppress(Exception):
                 self._server.stop()
             self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -21,6 +21,13 @@ if _TESTS_DIR not in sys.path:
 from pg_server import PostgresServer, started_server  # noqa: E402
 from s3_server import MotoS3  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _no_resume_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dag.test() has no scheduler to race (triggers.dbt.RESUME_SECONDS): deferred tasks need not wait 5 s."""
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__RESUME_DELAY", "0.1")
+
+
 # =====================================================================================================
 # PostgreSQL: one real throwaway server per test session (see tests/pg_server.py)
 # Tests using `pg_server` (directly or through `pg_airflow_conn*`) are auto-marked `postgres`.

@@ -44,7 +44,6 @@ def test_example_dag_seed_build_docs(shop_env: Path, airflow_db: Path, example_p
 def test_example_task_graph_dag(
     shop_env: Path, airflow_db: Path, example_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW__DLH_DBT__NODE_RESUME_DELAY", "0.1")  # dag.test() has no scheduler to race
     from dlh_airflow_common.task_graph.build import ensure_graph
     from dlh_airflow_common.task_graph.cli import hook_lister
     from dlh_airflow_common.task_graph.graph_file import Selection

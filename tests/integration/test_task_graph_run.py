@@ -40,8 +40,6 @@ DAG = textwrap.dedent(
 def shop(example_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     database = tmp_path / "graph.duckdb"
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "duckdb", "host": str(database)}))
-    # dag.test() has no scheduler to race (see trigger.MIN_RESUME_SECONDS): node tasks need not wait 5 s to resume.
-    monkeypatch.setenv("AIRFLOW__DLH_DBT__NODE_RESUME_DELAY", "0.1")
     return example_project
 
 
@@ -189,7 +187,6 @@ def test_failing_model_on_postgres(
 ) -> None:  # fmt: skip
     schema = "task_graph_pg"
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps(pg_conn_json(dbt_schema=schema)))
-    monkeypatch.setenv("AIRFLOW__DLH_DBT__NODE_RESUME_DELAY", "0.1")
     (example_project / "models" / "marts" / "customers.sql").write_text("select 1 / 0 as boom\n")  # division by zero
     _graph(example_project)
     run = _run(tmp_path, airflow_db, "graph_pg", example_project)

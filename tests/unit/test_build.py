@@ -125,3 +125,28 @@ def test_a_stale_graph_may_serve_until_it_is_rebuilt(
     rebuilt = ensure_graph(project, Selection(), CountingLister(), cache)
     assert rebuilt.built and rebuilt.graph.project_hash != built.graph.project_hash
     assert require_graph(project, Selection(), cache) == rebuilt.graph
+
+
+def test_a_remote_project_is_keyed_by_its_version_and_found_without_a_download(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from remote_sources import GitRepo
+
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_DIR", str(tmp_path / "projects"))
+    repo = GitRepo(tmp_path / "git")
+    first = repo.commit({str(p.relative_to(project)): p.read_bytes() for p in project.rglob("*") if p.is_file()})
+    url, cache = f"git+{repo.url}@main", tmp_path / "cache"
+    built = ensure_graph(url, Selection(), CountingLister(), cache)
+    assert built.built and built.graph.project_hash == locate(url, Selection(), cache).project_hash
+    assert require_graph(url, Selection(), cache) == built.graph
+    assert not (tmp_path / "projects").exists(), "the lister downloads (it runs dbt); finding the file does not"
+    repo.commit({"models/new.sql": "select 1 as id\n"})
+    with pytest.raises(DbtException, match="is stale"):
+        require_graph(url, Selection(), cache)
+    assert locate(url, Selection(), cache).project_hash != built.graph.project_hash != first
+
+
+def test_a_remote_project_keeps_its_graph_cache_outside_any_project_dir() -> None:
+    from dlh_airflow_common.dbt.run_dir import private_temp_root
+
+    assert graph_cache_root("s3://bucket/shop.tar.gz") == private_temp_root() / ".dlh_cache"

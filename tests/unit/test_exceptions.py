@@ -15,6 +15,7 @@ from dlh_airflow_common.exceptions.dbt import (
     DbtException,
     DbtExecutionTimeoutException,
     DbtProfileException,
+    DbtProjectSourceException,
     DbtRuntimeException,
     classify_dbt_error,
     is_error_event,
@@ -157,6 +158,13 @@ def test_repr_names_the_node_when_set() -> None:
     err.message = "dbt run failed in model.shop.x: boom."  # failure_message rewrites it after classification
     assert repr(err) == "DbtRuntimeException('dbt run failed in model.shop.x: boom.', node_id='model.shop.x')"
     assert repr(pickle.loads(pickle.dumps(err))) == repr(err)
+
+
+def test_a_project_source_error_keeps_its_url_through_pickling() -> None:
+    err = DbtProjectSourceException("s3://b/shop.zip: no such key.", url="s3://b/shop.zip")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), copy.url, str(copy)) == (DbtProjectSourceException, "s3://b/shop.zip", str(err))
+    assert isinstance(copy, DbtException) and not copy.retryable
 
 
 def test_repr_without_node_is_the_message_alone() -> None:

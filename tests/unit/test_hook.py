@@ -198,7 +198,7 @@ def test_finish_detached_removes_the_run_dir_once_dbt_has_ended(project: Path) -
 # -- the hook's current try: cancel and the artifact getters -----------------------------------------------------
 
 
-def _fake_dbt_hook(project: Path, tmp_path: Path, mode: str, **kwargs: Any) -> tuple[DbtHook, Path]:
+def _fake_dbt_hook(project: Path | str, tmp_path: Path, mode: str, **kwargs: Any) -> tuple[DbtHook, Path]:
     """A hook whose dbt is the stand-in (``fake_dbt_venv``), with the connection profile generated as usual."""
     from fake_dbt_venv import fake_dbt_venv
 
@@ -244,3 +244,46 @@ def test_getters_read_the_last_try_that_got_a_run_dir(project: Path, tmp_path: P
     with pytest.raises(DbtProfileException):
         hook.run_dbt_task("run")
     assert hook.get_run_results()["metadata"]["invocation_id"] == invocation_id, "still the last run's"
+
+
+# -- a remote project: fetched into the project cache, its version in the result -----------------------------------
+
+
+def test_a_remote_project_runs_from_the_cache_and_reports_its_version(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_dbt_venv import fake_dbt_calls
+    from remote_sources import tar_bytes
+
+    bundle = tmp_path / "proj.tar.gz"
+    files = {str(p.relative_to(project)): p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    bundle.write_bytes(tar_bytes(files))
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_DIR", str(tmp_path / "configured"))
+    hook, calls = _fake_dbt_hook(bundle.as_uri(), tmp_path, "ok", run_dir_root=str(tmp_path / "runs"),
+                                 project_cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    first = hook.run_dbt_task("run")
+    second = hook.run_dbt_task("run")
+    expected = {"url": bundle.as_uri(), "kind": "archive", "version": first.project["version"]}
+    assert first.project == second.project == expected
+    assert first.to_xcom()["project"]["version"].startswith("size:")
+    project_dirs = {call["args"][call["args"].index("--project-dir") + 1] for call in fake_dbt_calls(calls)}
+    assert len(project_dirs) == 1 and Path(project_dirs.pop()).is_relative_to(tmp_path / "cache")
+    assert not (tmp_path / "configured").exists(), "the argument wins over [dlh_dbt] project_cache_dir"
+    assert Path(first.run_dir).parent == tmp_path / "runs"
+    assert hook.last_checkout is not None and hook.last_checkout.version == first.project["version"]
+
+
+def test_a_remote_project_defaults_its_run_dirs_and_cache_outside_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlh_airflow_common.dbt.run_dir import private_temp_root
+
+    monkeypatch.delenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_DIR", raising=False)
+    hook = DbtHook("git+https://git.example.com/shop.git@main", conn_id="good_duckdb")
+    assert hook.run_root() == str(private_temp_root())
+    assert hook.project_cache_root() == private_temp_root() / ".dlh_cache" / "projects"
+    assert hook.get_manifest() == {}, "no run yet: nothing to read, and nothing fetched for it"
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_DIR", str(tmp_path / "configured"))
+    assert hook.project_cache_root() == tmp_path / "configured"
+    local = DbtHook(tmp_path, conn_id="good_duckdb")
+    assert local.run_root() is None, "a local project keeps <project>/target"

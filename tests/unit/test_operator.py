@@ -100,6 +100,18 @@ def test_resume_state_lives_beside_the_run_dirs_without_a_channel(tmp_path: Path
     assert operator._resume_state(_context(1)) == state and not Path(state).exists(), "a first try starts clean"
 
 
+def test_a_remote_project_reaches_the_hook_and_keeps_its_state_outside_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    operator = DbtOperator(task_id="t", dbt_project_dir="s3://bucket/shop.tar.gz", dbt_project_conn_id="aws",
+                           project_cache_dir=str(tmp_path / "cache"), retry_from_failure=True)  # fmt: skip
+    hook = operator.hook
+    assert (hook.dbt_project_conn_id, hook.project_cache_root()) == ("aws", tmp_path / "cache")
+    state = operator._resume_state(_context(2))
+    assert state is not None and Path(state).is_relative_to(Path(str(hook.run_root())))
+    assert not Path(state).is_relative_to(tmp_path / "cache")
+
+
 def test_resume_state_lives_under_the_run_channel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_state: MemoryState
 ) -> None:

@@ -177,4 +177,7 @@ def test_to_xcom_is_bounded_and_json_safe(tmp_path: Path, kept: bool) -> None:
     assert "run_results" not in payload, "never a whole artifact in XCom"
     assert len(json.dumps(payload)) < 5000
     assert ("target_path" in payload) is kept
+    assert "project" not in payload, "a local project adds nothing"
+    result.project = {"url": "s3://b/shop.tar.gz", "kind": "archive", "version": "etag:abc"}
+    assert result.to_xcom()["project"] == {"url": "s3://b/shop.tar.gz", "kind": "archive", "version": "etag:abc"}
     assert payload["error"]["type"] == type(result.error).__name__

@@ -275,6 +275,10 @@ def test_the_try_adds_command_outcome_attempts_and_nodes_it_reported(tmp_path: P
     succeeded = DbtTaskResult(success=True, command="run", return_code=0, summary=summary, target_path=str(target),
                               run_dir="r", elapsed_seconds=1.0)  # fmt: skip
     assert _dom(render(build_report(target, result=succeeded))).one(id="result").content == "success"
+    assert not _dom(render(build_report(target, result=succeeded))).all(id="project-source"), "a local project"
+    succeeded.project = {"url": "git+https://h/shop.git@main", "kind": "git", "version": "ab12"}
+    shown = _dom(render(build_report(target, result=succeeded))).one(id="project-source").content
+    assert shown == "git+https://h/shop.git@main @ ab12"
     assert [a.number for a in succeeded.attempt_records] == [1], "one attempt when the try had no retries"
 
 

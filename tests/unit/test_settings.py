@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlh_airflow_common.settings import configured, configured_seconds
+from dlh_airflow_common.settings import configured, configured_count, configured_seconds
 
 
 def test_unset_options_are_none_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,3 +26,17 @@ def test_a_bad_number_of_seconds_names_the_option(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AIRFLOW__DLH_DBT__RUN_CHANNEL_HEARTBEAT_TIMEOUT", value)
     with pytest.raises(ValueError, match=r"\[dlh_dbt\] run_channel_heartbeat_timeout must be a positive number"):
         configured_seconds("run_channel_heartbeat_timeout", 60.0)
+
+
+def test_a_count_comes_from_the_environment_or_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_KEEP", raising=False)
+    assert configured_count("project_cache_keep", 3) == 3
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_KEEP", "5")
+    assert configured_count("project_cache_keep", 3) == 5
+
+
+@pytest.mark.parametrize("value", ["many", "0", "-1", "2.5"])
+def test_a_bad_count_names_the_option(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__PROJECT_CACHE_KEEP", value)
+    with pytest.raises(ValueError, match=r"\[dlh_dbt\] project_cache_keep must be a whole number of at least 1"):
+        configured_count("project_cache_keep", 3)

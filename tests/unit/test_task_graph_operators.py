@@ -18,6 +18,7 @@ from dlh_airflow_common.task_graph.operators import (
     GRAPH_RESULTS_XCOM,
     NODE_XCOM,
     RESCHEDULE_FLOOR,
+    DbtGraphBuildOperator,
     DbtNodeOperator,
 )
 
@@ -173,3 +174,32 @@ def test_the_trigger_event_ends_the_task_and_a_recheck_looks_again() -> None:
 def test_without_a_build_the_node_task_runs_its_own_node(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DbtOperator, "execute", lambda self, context: {"own": self.dbt_models})
     assert node(build_task_id=None).execute({"ti": FakeTI()}) == {"own": ["fqn:shop.orders"]}  # type: ignore[arg-type]
+
+
+def test_the_graph_refresh_reaches_a_remote_project_through_the_tasks_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dlh_airflow_common.task_graph import cli, operators
+    from dlh_airflow_common.task_graph.graph_file import Selection
+
+    seen: dict[str, Any] = {}
+
+    def lister(**kwargs: Any) -> str:
+        seen.update(kwargs)
+        return "lister"
+
+    def ensure(project: str, selection: Selection, used: str, root: Path) -> Any:
+        seen.update(project=project, used=used)
+        raise DbtException("stop here")  # a failed refresh is a warning, never the task's failure
+
+    monkeypatch.setattr(cli, "hook_lister", lister)
+    monkeypatch.setattr(operators, "ensure_graph", ensure)
+    build = DbtGraphBuildOperator(
+        task_id="dbt_build", dbt_project_dir="s3://bucket/shop.tar.gz", dbt_project_conn_id="aws",
+        project_cache_dir=str(tmp_path), graph_selection=Selection(), run_dir_root=str(tmp_path),
+    )  # fmt: skip
+    build._refresh_graph()
+    assert (seen["dbt_project_dir"], seen["dbt_project_conn_id"], seen["project_cache_dir"]) == (
+        "s3://bucket/shop.tar.gz", "aws", str(tmp_path),
+    )  # fmt: skip
+    assert (seen["project"], seen["used"]) == ("s3://bucket/shop.tar.gz", "lister")

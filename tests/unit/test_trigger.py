@@ -481,6 +481,7 @@ def test_serialize_holds_only_plain_json_and_round_trips(tmp_path: Path) -> None
             "node_results": False,
         },
         "heartbeat_timeout": 60.0,
+        "min_wait": 0.0,
     }
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
     assert isinstance(again, DbtExecutionTrigger)
@@ -958,3 +959,21 @@ def test_the_heartbeat_clock_stands_while_the_channel_cannot_be_read(
     clock[0] = 160.0
     assert trigger._silent_for(status) == 25, "readable time after it does"
     assert trigger._silent_for(RunStatus(beat=4)) == 0
+
+
+async def test_a_run_that_ends_at_once_is_reported_no_sooner_than_the_least_wait(tmp_path: Path) -> None:
+    trigger, writer = remote_trigger(tmp_path, min_wait=0.5)
+    writer.finish(0, stopped=None)
+    started = time.monotonic()
+    payload = await the_event(trigger)
+    assert payload["status"] == "success" and time.monotonic() - started >= 0.5
+    assert trigger.serialize()[1]["min_wait"] == 0.5
+
+
+def test_the_least_wait_is_the_configured_resume_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.triggers.dbt import RESUME_SECONDS, resume_delay
+
+    monkeypatch.delenv("AIRFLOW__DLH_DBT__RESUME_DELAY", raising=False)
+    assert resume_delay() == RESUME_SECONDS == 5.0
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__RESUME_DELAY", "0.2")
+    assert resume_delay() == 0.2

@@ -29,6 +29,7 @@ class DbtLineage:
     inputs: list[Any] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
     run_facets: dict[str, Any] = field(default_factory=dict)
+    job_facets: dict[str, Any] = field(default_factory=dict)  # a remote project's source code location
 
     def names(self) -> tuple[list[str], list[str]]:
         """``namespace/name`` of inputs and outputs, for logs and tests."""
@@ -64,6 +65,20 @@ def _processor_class() -> type[Any]:
             return manifest, run_results, dict(self.profile_target), _catalog(self)
 
     return _TaskArtifactProcessor
+
+
+def project_job_facets(project: Mapping[str, str]) -> dict[str, Any]:
+    """A remote project's ``sourceCodeLocation`` job facet (URL and version); none for a local project.
+
+    :param project: ``DbtTaskResult.project``: the URL, kind and version of a remote project.
+    """
+    if not project:
+        return {}
+    from openlineage.client.generated.source_code_location_job import SourceCodeLocationJobFacet
+
+    kind = "git" if project.get("kind") == "git" else "object_storage"
+    facet = SourceCodeLocationJobFacet(type=kind, url=project["url"], version=project.get("version"))
+    return {"sourceCodeLocation": facet}
 
 
 def build_lineage(

@@ -53,6 +53,7 @@ class DbtTaskResult:
     artifacts_kept: bool = False
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    project: dict[str, str] = field(default_factory=dict)  # a remote project's URL, kind and version
     run_results_copy: ArtifactCopy | None = field(default=None, repr=False, compare=False)
     attempt_history: tuple[AttemptRecord, ...] = field(default=(), repr=False, compare=False)
 
@@ -83,6 +84,8 @@ class DbtTaskResult:
             "attempts": self.attempts,
             **self.summary.to_dict(max_nodes=max_nodes, max_message=max_message),
         }
+        if self.project:
+            payload["project"] = dict(self.project)
         if self.artifacts_kept:
             payload["target_path"] = self.target_path
         if self.error is not None:

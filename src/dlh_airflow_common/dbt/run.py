@@ -115,7 +115,8 @@ class DbtRun:
     Everything a try hands from step to step lives on its own instance; build a new one for every try.
     ``cancel()`` may come from another thread at any time. ``log`` is the task's logger. ``resume_state``
     (``retry_from_failure``) is a local directory or an ``ObjectStoragePath`` URL, reached with the settings'
-    ``run_channel_conn_id``.
+    ``run_channel_conn_id``. ``project_version`` describes a remote project's version (``ProjectCheckout.describe``):
+    it goes into the result, so the summary, XCom, lineage and the run report name it.
     """
 
     def __init__(
@@ -126,8 +127,10 @@ class DbtRun:
         log: Any,
         run_name: str | None = None,
         resume_state: str | os.PathLike[str] | None = None,
+        project_version: Mapping[str, str] | None = None,
     ) -> None:
         self.project_dir = Path(project_dir)
+        self.project_version = dict(project_version or {})
         self.settings = settings
         self.log = log
         self.run_name = run_name
@@ -450,7 +453,7 @@ class DbtRun:
         progress: ProgressReporter,
         wall: float,
     ) -> DbtTaskResult:
-        return build_result(
+        result = build_result(
             command=command,
             outcome=outcome,
             run_dir=run_dir,
@@ -462,6 +465,8 @@ class DbtRun:
             artifacts_kept=self.settings.keep_target_artifacts,
             log=self.log,
         )
+        result.project = dict(self.project_version)
+        return result
 
     def _log_summary(self, result: DbtTaskResult, command: str, run_dir: RunDir) -> None:
         for line in format_summary(
@@ -469,6 +474,8 @@ class DbtRun:
             wall_seconds=result.elapsed_seconds, ascii_only=self.settings.ascii_only,
         ):  # fmt: skip
             self.log.info("%s", line)
+        if self.project_version:
+            self.log.info("dbt project %s at version %s", self.project_version["url"], self.project_version["version"])
 
     def _conclude(
         self,

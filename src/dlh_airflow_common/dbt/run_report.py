@@ -146,6 +146,7 @@ class RunReport:
     invocation_id: str | None = None
     generated_at: str | None = None
     project_name: str | None = None
+    project_source: str | None = None  # a remote project's "<url> @ <version>"
     run_name: str | None = None
     selection: dict[str, str] = field(default_factory=dict)
     error: str | None = None  # the try's classified error, "<type>: <message>"
@@ -219,6 +220,7 @@ def build_report(
         generated_at=_text(run_meta.generated_at),
         project_name=_text(manifest_meta.project_name),
         run_name=Path(result.run_dir).name if result is not None else None,
+        project_source=f"{result.project['url']} @ {result.project['version']}" if result and result.project else None,
         selection=_selection(results.args if results is not None else None, redact),
         error=redact(f"{type(result.error).__name__}: {result.error}") if result and result.error else None,
         attempts=result.attempt_records if result is not None else (),

@@ -62,6 +62,7 @@ def _summary(report: RunReport) -> str:
         ("Adapter", "adapter", report.adapter or ""),
         ("Invocation id", "invocation-id", report.invocation_id or ""),
         ("Run dir", "run-name", report.run_name or ""),
+        ("Project source", "project-source", report.project_source or ""),
         ("Artifacts written", "generated-at", report.generated_at or ""),
         *[(name.capitalize(), f"arg-{name}", value) for name, value in report.selection.items()],
     ]

@@ -27,6 +27,7 @@ __all__ = [
     "DbtException",
     "DbtExecutionTimeoutException",
     "DbtProfileException",
+    "DbtProjectSourceException",
     "DbtRuntimeException",
     "classify_dbt_error",
 ]
@@ -110,6 +111,20 @@ class DbtArtifactException(DbtException):
 
 class DbtExecutionTimeoutException(DbtException):
     """dbt was stopped because the task's execution timeout passed."""
+
+
+class DbtProjectSourceException(DbtException):
+    """A remote ``dbt_project_dir`` (object storage or git) could not be resolved, fetched or unpacked.
+
+    The message names the URL (never its credentials); ``url`` holds it too.
+    """
+
+    def __init__(self, message: str, *, url: str = "", **metadata: Any) -> None:
+        super().__init__(message, **metadata)
+        self.url = url
+
+    def _metadata(self) -> dict[str, Any]:
+        return {**super()._metadata(), "url": self.url}
 
 
 # Ordered: the first matching rule wins. Driver messages come before dbt's generic "Database Error" prefix.

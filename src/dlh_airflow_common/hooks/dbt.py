@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,19 @@ from dlh_airflow_common.dbt.invocation import (
     InvocationMode,
     dbt_executable,
 )
+from dlh_airflow_common.dbt.partial_parse import cache_root
 from dlh_airflow_common.dbt.project import DbtProject, load_project
+from dlh_airflow_common.dbt.project_cache import DEFAULT_KEEP, DEFAULT_MIN_IDLE
+from dlh_airflow_common.dbt.project_source import ProjectSource, parse_source
+from dlh_airflow_common.dbt.remote_project import ProjectCheckout, checkout_project
 from dlh_airflow_common.dbt.result import DbtTaskResult
 from dlh_airflow_common.dbt.retry import RetryPolicy
 from dlh_airflow_common.dbt.run import DbtRun, RunSettings, raise_or_return
+from dlh_airflow_common.dbt.run_dir import private_temp_root
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.hooks.dbt_connection_test import run_connection_test
 from dlh_airflow_common.hooks.dbt_profile_source import ProfileSource
-from dlh_airflow_common.settings import configured_seconds
+from dlh_airflow_common.settings import configured, configured_count, configured_seconds
 
 __all__ = ["DbtHook", "DbtTaskResult"]
 
@@ -42,7 +47,15 @@ class DbtHook(BaseHook):
     given, dbt's target path), removed afterwards unless ``keep_target_artifacts``. A dbt failure raises
     the matching ``DbtException`` subclass with the run's ``DbtTaskResult`` as ``exc.result``.
 
-    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``).
+    :param dbt_project_dir: The dbt project: the directory holding ``dbt_project.yml``, or a remote one
+        fetched once per version into ``project_cache_dir`` (docs/remote-projects.md): an ``ObjectStoragePath``
+        URL of a folder or a ``.zip``/``.tar.gz`` bundle (``s3://bucket/shop.tar.gz``), or a git URL with a
+        ref (``git+https://git.example.com/shop.git@main``, ``git+ssh://...``).
+    :param dbt_project_conn_id: The Airflow connection that reaches a remote ``dbt_project_dir`` (object
+        storage, or git: login/password for HTTPS, ``private_key``/``known_hosts`` in the extra for SSH);
+        default ``[dlh_dbt] project_conn_id``.
+    :param project_cache_dir: Where fetched project versions are kept on this worker; default
+        ``[dlh_dbt] project_cache_dir``, else ``<cache dir>/projects`` (``cache_dir``'s default).
     :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs instead of the one beside Airflow.
     :param conn_id: Airflow connection rendered into a generated profile; secrets only reach dbt's
         environment. Leave unset to use ``profiles_dir`` or the project's own ``profiles.yml``.
@@ -53,7 +66,7 @@ class DbtHook(BaseHook):
         project, as in dbt): artifacts stay there after the run and the hook never deletes it. Concurrent
         runs sharing it share their artifacts. Default: the run dir's own ``target``, removed with it.
     :param run_dir_root: Where run dirs are created (default ``<project>/target``, or a private temp dir
-        when that is read-only).
+        when that is read-only or the project is remote).
     :param retry_limit: Attempts of a command within one call when dbt fails transiently (1 = no retry).
     :param retry_delay: Seconds before the first in-call retry; doubles each time.
     :param schema_override: Schema (dataset) that replaces the connection's or profile's schema.
@@ -88,6 +101,8 @@ class DbtHook(BaseHook):
         self,
         dbt_project_dir: str | os.PathLike[str],
         *,
+        dbt_project_conn_id: str | None = None,
+        project_cache_dir: str | os.PathLike[str] | None = None,
         venv_path: str | os.PathLike[str] | None = None,
         conn_id: str | None = None,
         target: str | None = None,
@@ -114,6 +129,10 @@ class DbtHook(BaseHook):
     ) -> None:
         super().__init__()
         self.dbt_project_dir = str(dbt_project_dir)
+        self.dbt_project_conn_id = dbt_project_conn_id or configured("project_conn_id")
+        self.project_cache_dir = str(project_cache_dir) if project_cache_dir else None
+        self.project_source: ProjectSource = parse_source(self.dbt_project_dir, self.dbt_project_conn_id)
+        self.last_checkout: ProjectCheckout | None = None  # the project dir (and version) of the last try
         self.venv_path = str(venv_path) if venv_path else None
         self.conn_id = conn_id
         self.target = target
@@ -207,13 +226,15 @@ class DbtHook(BaseHook):
         :param raise_on_failure: ``False`` returns a failed result (``result.error`` holds the exception)
             instead of raising it.
         """
-        project, dbt_command = self._prepare(
-            command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
-            threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args), macro_args=macro_args,
-        )  # fmt: skip
-        with self._trying(run_name, resume_state) as run:
-            prepared = self.profile_source.prepare(project)  # every profile check, before anything is written
-            result = run.run(project, dbt_command, prepared, post_run=post_run)
+        with self.checkout() as checkout:
+            project, dbt_command = self._prepare(
+                checkout, command, select=select, exclude=exclude, selector=selector, vars=vars,
+                full_refresh=full_refresh, threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args),
+                macro_args=macro_args,
+            )  # fmt: skip
+            with self._trying(run_name, resume_state, checkout) as run:
+                prepared = self.profile_source.prepare(project)  # every profile check, before anything is written
+                result = run.run(project, dbt_command, prepared, post_run=post_run)
         return raise_or_return(result, raise_on_failure)
 
     def start_detached(
@@ -240,11 +261,23 @@ class DbtHook(BaseHook):
         ``retry_from_failure`` cover a failed detached run. The arguments are ``run_dbt_task``'s, plus
         ``node_results``: the run channel carries every node's result (what a task graph's node tasks read).
         """
-        project, dbt_command = self._prepare(
-            command, select=select, exclude=exclude, selector=selector, vars=vars, full_refresh=full_refresh,
-            threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args),
-        )  # fmt: skip
-        with self._trying(run_name, resume_state) as run:
+        with self.checkout() as checkout:
+            project, dbt_command = self._prepare(
+                checkout, command, select=select, exclude=exclude, selector=selector, vars=vars,
+                full_refresh=full_refresh, threads=threads, fail_fast=fail_fast, extra_args=tuple(extra_args),
+            )  # fmt: skip
+            return self._launch(checkout, project, dbt_command, run_name, resume_state, node_results)
+
+    def _launch(
+        self,
+        checkout: ProjectCheckout,
+        project: DbtProject,
+        dbt_command: DbtCommand,
+        run_name: str | None,
+        resume_state: str | os.PathLike[str] | None,
+        node_results: bool,
+    ) -> DetachedProcess:
+        with self._trying(run_name, resume_state, checkout) as run:
             prepared = self.profile_source.prepare(project)
             interval = configured_seconds("run_channel_heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
             return run.launch(
@@ -268,13 +301,38 @@ class DbtHook(BaseHook):
         :param post_run: Called with the result while the run dir still exists (uploads, lineage).
         :param raise_on_failure: ``False`` returns a failed result instead of raising its exception.
         """
-        with self._trying(None, resume_state) as run:
+        with self.checkout() as checkout, self._trying(None, resume_state, checkout) as run:
             result = run.collect(event, redactor=self.profile_source.redactor, post_run=post_run)
         return raise_or_return(result, raise_on_failure)
 
-    def _prepare(self, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
+    def checkout(self) -> AbstractContextManager[ProjectCheckout]:
+        """The project as a local directory while the block runs: a remote one's current version, fetched into
+        the project cache unless it is there already, and leased so that no pruning removes it meanwhile."""
+        source = self.project_source
+        return checkout_project(
+            self.dbt_project_dir, conn_id=self.dbt_project_conn_id,
+            cache_dir=self.project_cache_root() if source.remote else None, connection=self.get_connection,
+            keep=configured_count("project_cache_keep", DEFAULT_KEEP),
+            min_idle=configured_seconds("project_cache_min_idle", DEFAULT_MIN_IDLE), log=self.run_log,
+        )  # fmt: skip
+
+    def run_root(self) -> str | None:
+        """Where run dirs go: ``run_dir_root``; for a remote project the private temp dir when unset (never
+        inside the shared project cache); None for a local project's own ``target``."""
+        if self.run_dir_root or not self.project_source.remote:
+            return self.run_dir_root
+        return str(private_temp_root())
+
+    def project_cache_root(self) -> Path:
+        """Where remote project versions are cached on this worker (see ``project_cache_dir``)."""
+        configured_dir = self.project_cache_dir or configured("project_cache_dir")
+        if configured_dir:
+            return Path(configured_dir).expanduser()
+        return cache_root(self.run_root() or private_temp_root(), self.cache_dir) / "projects"
+
+    def _prepare(self, checkout: ProjectCheckout, command: str, **options: Any) -> tuple[DbtProject, DbtCommand]:
         """Check everything that can be checked before anything is written."""
-        project = load_project(self.dbt_project_dir)
+        project = load_project(checkout.path)
         if self.venv_path is not None:
             dbt_executable(self.venv_path)
         return project, DbtCommand(command=command, **options)
@@ -283,7 +341,7 @@ class DbtHook(BaseHook):
         """This hook's settings for one try (read at each call: they are plain attributes)."""
         return RunSettings(
             venv_path=self.venv_path, conn_id=self.conn_id, target_path=self.target_path,
-            run_dir_root=self.run_dir_root, retry_limit=self.retry_limit, retry_delay=self.retry_delay,
+            run_dir_root=self.run_root(), retry_limit=self.retry_limit, retry_delay=self.retry_delay,
             keep_target_artifacts=self.keep_target_artifacts, ascii_only=self.ascii_only,
             invocation_mode=self.invocation_mode, execution_timeout=self.execution_timeout,
             grace_period=self.grace_period,
@@ -294,11 +352,14 @@ class DbtHook(BaseHook):
         )  # fmt: skip
 
     @contextmanager
-    def _trying(self, run_name: str | None, resume_state: str | os.PathLike[str] | None) -> Iterator[DbtRun]:
+    def _trying(
+        self, run_name: str | None, resume_state: str | os.PathLike[str] | None, checkout: ProjectCheckout
+    ) -> Iterator[DbtRun]:
         """A new try, current while it runs (``cancel``, the getters); one that never got a run dir leaves
         the getters on the last one that did."""
-        run = DbtRun(self.dbt_project_dir, self._settings(), log=self.run_log, run_name=run_name,
-                     resume_state=resume_state)  # fmt: skip
+        self.last_checkout = checkout
+        run = DbtRun(checkout.path, self._settings(), log=self.run_log, run_name=run_name,
+                     resume_state=resume_state, project_version=checkout.describe())  # fmt: skip
         previous, self._run = self._run, run
         try:
             yield run
@@ -327,7 +388,9 @@ class DbtHook(BaseHook):
         """The last run's artifact: from its target path while it exists, else the copy kept in memory."""
         if self._run is not None and self._run.started:
             return self._run.artifact(name)
-        project = Path(self.dbt_project_dir)
+        if self.last_checkout is None and self.project_source.remote:
+            return {}  # no run yet: the remote project has no target path on this worker
+        project = self.last_checkout.path if self.last_checkout is not None else Path(self.dbt_project_dir)
         return load_artifact((self._settings().user_target(project) or project / "target") / name)
 
     def get_manifest(self) -> dict[str, Any]:

@@ -195,7 +195,7 @@ def lineage(
     """
     if not openlineage_enabled():
         return None
-    from dlh_airflow_common.dbt.lineage import build_lineage
+    from dlh_airflow_common.dbt.lineage import build_lineage, project_job_facets
 
     try:
         profile_target = _connection_target(conn_id, schema_override) if conn_id else None
@@ -209,6 +209,7 @@ def lineage(
     except Exception as err:  # lineage is informative; it never fails the task
         log.warning("No OpenLineage datasets for this run: %s: %s", type(err).__name__, err)
         return None
+    found.job_facets.update(project_job_facets(result.project))
     log.info("OpenLineage: %d input and %d output dataset(s)", len(found.inputs), len(found.outputs))
     return found
 

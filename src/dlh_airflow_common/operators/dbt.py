@@ -22,7 +22,7 @@ from dlh_airflow_common.hooks.dbt_profile_source import GENERATED_PROFILE_NAME, 
 from dlh_airflow_common.links.dbt import DbtArtifactsLink, DbtDocsLink, DbtRunReportLink
 from dlh_airflow_common.operators import after_run
 from dlh_airflow_common.settings import configured, configured_seconds
-from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger, resume_delay
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -66,7 +66,12 @@ class DbtOperator(BaseOperator):
     artifacts. The summary is pushed to XCom (key ``dbt_summary`` and, on success, the return value)
     and a failure raises the matching ``DbtException`` subclass.
 
-    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``). Templated.
+    :param dbt_project_dir: The dbt project (the directory holding ``dbt_project.yml``), or a remote one fetched
+        once per version on each worker: an ``ObjectStoragePath`` URL of a folder or a ``.zip``/``.tar.gz``
+        bundle, or ``git+https://...@<ref>`` / ``git+ssh://...@<ref>`` (docs/remote-projects.md). Templated.
+    :param dbt_project_conn_id: The Airflow connection that reaches a remote ``dbt_project_dir``.
+    :param project_cache_dir: Where this worker keeps fetched project versions; default
+        ``[dlh_dbt] project_cache_dir``, else ``.dlh_cache/projects`` under the run dir root.
     :param dbt_command: The dbt command, e.g. ``build``, ``run``, ``seed``, ``source freshness``,
         ``docs generate``. Templated.
     :param venv_path: A virtualenv (or its ``bin/dbt``) whose dbt runs, with its own dbt version and adapters.
@@ -148,6 +153,8 @@ class DbtOperator(BaseOperator):
     # The settings below are read from the class while they keep their default: an instance sets only those given
     # otherwise (``_set_given``), since every attribute set on an operator goes through BaseOperator.__setattr__
     # and a task graph builds a thousand operators at each DAG parse. Each equals its ``__init__`` default.
+    dbt_project_conn_id: str | None = None
+    project_cache_dir: str | None = None
     venv_path: str | None = None
     conn_id: str | None = None
     full_refresh: bool = False
@@ -186,6 +193,8 @@ class DbtOperator(BaseOperator):
         self,
         *,
         dbt_project_dir: str,
+        dbt_project_conn_id: str | None = None,
+        project_cache_dir: str | None = None,
         dbt_command: str = "build",
         venv_path: str | None = None,
         conn_id: str | None = None,
@@ -244,7 +253,8 @@ class DbtOperator(BaseOperator):
         self.schema_override = schema_override
         self.dbt_args = list(dbt_args or ())  # pre_execute may add to it
         self._set_given(
-            dbt_timeout=timeout, venv_path=venv_path, conn_id=conn_id, full_refresh=full_refresh, threads=threads,
+            dbt_timeout=timeout, dbt_project_conn_id=dbt_project_conn_id, project_cache_dir=project_cache_dir,
+            venv_path=venv_path, conn_id=conn_id, full_refresh=full_refresh, threads=threads,
             fail_fast=fail_fast, keep_target_artifacts=keep_target_artifacts, run_dir_root=run_dir_root,
             invocation_mode=invocation_mode, retry_limit=retry_limit, transient_retry_delay=transient_retry_delay,
             retry_from_failure=retry_from_failure, kill_grace_period=kill_grace_period, deferrable=deferrable,
@@ -269,6 +279,8 @@ class DbtOperator(BaseOperator):
     def hook(self) -> DbtHook:
         return DbtHook(
             dbt_project_dir=self.dbt_project_dir,
+            dbt_project_conn_id=self.dbt_project_conn_id,
+            project_cache_dir=self.project_cache_dir,
             venv_path=self.venv_path,
             conn_id=self.conn_id,
             target=self.target,
@@ -343,6 +355,7 @@ class DbtOperator(BaseOperator):
             keep_run_dir=self.keep_target_artifacts,
             channel=process.channel,
             heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
+            min_wait=resume_delay(),
         )
         self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
 
@@ -375,7 +388,7 @@ class DbtOperator(BaseOperator):
         generated = bool(self.conn_id)  # the hook generated the profile: its profile and target names
         self._lineage = after_run.lineage(
             result,
-            project_dir=self.dbt_project_dir,
+            project_dir=str(self._project_path()),
             profile_name=GENERATED_PROFILE_NAME if generated and not self._project_profile() else None,
             target=self.target or (GENERATED_TARGET_NAME if generated else None),
             log=self.log,
@@ -398,10 +411,15 @@ class DbtOperator(BaseOperator):
             publish_docs=self.publish_docs,
         )
 
+    def _project_path(self) -> Path:
+        """The local project dir of the try in progress (a remote project's cached version), else the argument."""
+        checkout = self.hook.last_checkout
+        return checkout.path if checkout is not None else Path(self.dbt_project_dir)
+
     def _project_profile(self) -> str | None:
         from dlh_airflow_common.dbt.project import load_project
 
-        return load_project(self.dbt_project_dir).profile
+        return load_project(self._project_path()).profile
 
     def pre_execute(self, context: Any) -> None:
         """With ``publish_docs``, ``docs generate`` also writes the self-contained ``static_index.html``."""
@@ -416,8 +434,9 @@ class DbtOperator(BaseOperator):
         if self._lineage is None:
             return OperatorLineage()
         return OperatorLineage(
-            inputs=self._lineage.inputs, outputs=self._lineage.outputs, run_facets=self._lineage.run_facets
-        )
+            inputs=self._lineage.inputs, outputs=self._lineage.outputs, run_facets=self._lineage.run_facets,
+            job_facets=self._lineage.job_facets,
+        )  # fmt: skip
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
         """A failed run still read its inputs and may have built some models before the failure."""
@@ -442,7 +461,8 @@ class DbtOperator(BaseOperator):
         if channel:
             state = resume_state_url(channel, *key)
         else:
-            root = Path(self.run_dir_root) if self.run_dir_root else Path(self.dbt_project_dir) / "target"
+            run_root = self.hook.run_root()
+            root = Path(run_root) if run_root else Path(self.dbt_project_dir) / "target"
             state = str(resume_state_dir(root, *key))
         if ti.try_number <= 1:  # a first try never resumes leftovers of an older run
             store = retry_state.open_state(state, self.hook.run_channel_conn_id, log=self.log)

@@ -4,6 +4,9 @@ Selection is dbt's own: the ``lister`` runs ``dbt ls`` (``cli.hook_lister`` does
 the profile, run-dir isolation, caches and typed errors apply) and hands the selected ids and the manifest
 that run wrote to ``graph_from_manifest``. Entries live under ``<cache root>/task_graph/<project>-<path
 hash>/`` (the cache root is the run-dir root's ``.dlh_cache``, as for the partial-parse and deps caches).
+
+A remote project (an object storage or git URL, docs/remote-projects.md) is keyed by its source and current
+version instead: finding its graph file asks the source for the version (one request) and downloads nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import msgspec
 
 from dlh_airflow_common.dbt.deps import DEFAULT_LOCK_TIMEOUT, file_lock
 from dlh_airflow_common.dbt.partial_parse import cache_root
-from dlh_airflow_common.dbt.run_dir import sanitize
+from dlh_airflow_common.dbt.project_source import parse_source
+from dlh_airflow_common.dbt.run_dir import private_temp_root, sanitize
 from dlh_airflow_common.exceptions.dbt import DbtException
+from dlh_airflow_common.settings import configured
 from dlh_airflow_common.task_graph.graph_file import (
     FORMAT_VERSION,
     GraphFile,
@@ -63,7 +68,9 @@ def graph_cache_root(
     project_dir: str | os.PathLike[str], run_dir_root: str | None = None, cache_dir: str | None = None
 ) -> Path:
     """The cache root graph files live under: ``cache_dir``, else the run-dir root's ``.dlh_cache`` (the project's
-    ``target/.dlh_cache`` by default), as for the partial-parse and deps caches."""
+    ``target/.dlh_cache`` by default, the private temp dir's for a remote project), as for the other caches."""
+    if run_dir_root is None and parse_source(os.fspath(project_dir)).remote:
+        run_dir_root = str(private_temp_root())  # where the hook puts a remote project's run dirs
     return cache_root(Path(run_dir_root) if run_dir_root else Path(project_dir) / "target", cache_dir)
 
 
@@ -81,9 +88,28 @@ def graph_dir(cache_root: Path, project_dir: str | os.PathLike[str]) -> Path:
 
 
 def locate(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphLocation:
-    """The entry for the project as it is now (stat check, files hashed only when they changed)."""
+    """The entry for the project as it is now (stat check, files hashed only when they changed; for a remote
+    project, its current version)."""
+    remote = _remote_version(project_dir)
+    if remote is not None:
+        slot, version = remote
+        digest = hashlib.sha256(version.encode("utf-8")).hexdigest()[:16]
+        return GraphLocation(cache_root / GRAPH_CACHE_DIR / slot, selection_key(selection), digest)
     directory = graph_dir(cache_root, project_dir)
     return GraphLocation(directory, selection_key(selection), project_hash(project_dir, memo_dir=directory))
+
+
+def _remote_version(project_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """A remote project's cache slot and current version (``[dlh_dbt] project_conn_id`` reaches it); None if local."""
+    if not parse_source(os.fspath(project_dir)).remote:
+        return None
+    from airflow.sdk import BaseHook
+
+    from dlh_airflow_common.dbt.remote_project import source_version
+
+    source, version = source_version(project_dir, conn_id=configured("project_conn_id"),
+                                     connection=BaseHook.get_connection)  # fmt: skip
+    return source.slot, str(version)
 
 
 def find_graph(project_dir: str | os.PathLike[str], selection: Selection, cache_root: Path) -> GraphFile | None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dlh_airflow_common.dbt.project_source import parse_source
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.task_graph.assets import target_namespace
 from dlh_airflow_common.task_graph.build import Lister, ManifestUse, ensure_graph, graph_cache_root
@@ -81,7 +82,8 @@ def _namespace(hook: Any) -> str | None:
     if hook.conn_id:
         source = hook.profile_source
         rendered = render_target(source.connection(), schema_override=source.schema_override).target
-    return target_namespace(hook.dbt_project_dir, rendered_target=rendered, profiles_dir=hook.profiles_dir,
+    project = hook.last_checkout.path if hook.last_checkout is not None else hook.dbt_project_dir  # a URL's copy
+    return target_namespace(project, rendered_target=rendered, profiles_dir=hook.profiles_dir,
                             target=hook.target)  # fmt: skip
 
 
@@ -89,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlh-dbt", description="dlh-airflow-common's dbt tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     graph = commands.add_parser("graph", help="Build or refresh the task graph file of a dbt project.")
-    graph.add_argument("project_dir", help="The dbt project (the directory holding dbt_project.yml).")
+    graph.add_argument("project_dir", help="The dbt project (the directory holding dbt_project.yml, or its URL).")
     graph.add_argument("--select", "-s", nargs="+", action="extend", default=[], help="dbt --select.")
     graph.add_argument("--exclude", nargs="+", action="extend", default=[], help="dbt --exclude.")
     graph.add_argument("--selector", help="dbt --selector (selectors.yml).")
@@ -117,7 +119,8 @@ def _stderr_logger() -> logging.Logger:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dlh-dbt``; returns the exit code (0 built or fresh, 1 dbt or input error)."""
     args = _parser().parse_args(argv)
-    project = Path(args.project_dir).resolve()
+    remote = parse_source(args.project_dir).remote  # a URL: its connection is [dlh_dbt] project_conn_id
+    project: str | Path = args.project_dir if remote else Path(args.project_dir).resolve()
     selection = Selection(
         select=tuple(args.select), exclude=tuple(args.exclude), selector=args.selector, target=args.target
     )

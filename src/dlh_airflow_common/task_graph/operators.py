@@ -33,7 +33,8 @@ from dlh_airflow_common.task_graph.build import ensure_graph, graph_cache_root
 from dlh_airflow_common.task_graph.build_watch import ENDED, GRAPH_CHANNEL_XCOM, GRAPH_RESULTS_XCOM
 from dlh_airflow_common.task_graph.graph_file import Selection
 from dlh_airflow_common.task_graph.node_verdict import NODE_XCOM, NodeResult, NodeVerdict, judge
-from dlh_airflow_common.task_graph.trigger import MIN_RESUME_SECONDS, DbtNodeTrigger
+from dlh_airflow_common.task_graph.trigger import DbtNodeTrigger
+from dlh_airflow_common.triggers.dbt import resume_delay
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,7 +45,7 @@ STARTS_IN_TRIGGERER = Version(version("apache-airflow-core")) >= Version("3.3")
 
 MAX_COMPILED_SQL = 20_000  # characters of a failed node's compiled SQL kept in the final results
 MAX_COMPILED_NODES = 50
-# The least seconds between two looks of a rescheduled node task. As for a deferral (``MIN_RESUME_SECONDS``), a
+# The least seconds between two looks of a rescheduled node task. As for a deferral (``triggers.dbt.RESUME_SECONDS``), a
 # quicker reschedule races the scheduler, which fails the task as "changed externally" when it learns of the
 # previous run's end after the next run began (seen with 1 s: the event came 7 s late on a loaded machine).
 RESCHEDULE_FLOOR = 10.0
@@ -105,6 +106,7 @@ class DbtGraphBuildOperator(DbtOperator):
             dbt_project_dir=self.dbt_project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
             venv_path=self.venv_path, env_vars=self.env_vars, schema_override=self.schema_override,
             run_dir_root=self.run_dir_root, cache_dir=self.graph_cache_dir,
+            dbt_project_conn_id=self.dbt_project_conn_id, project_cache_dir=self.project_cache_dir,
         )  # fmt: skip
         try:
             root = graph_cache_root(self.dbt_project_dir, self.run_dir_root, self.graph_cache_dir)
@@ -243,7 +245,7 @@ class DbtNodeOperator(DbtOperator):
                 channel=dict(announced["channel"]), node_id=self.dbt_node_id, tests=self.tests,
                 poll_interval=self.check_interval, accept_failure=accept,
                 heartbeat_timeout=configured_seconds("run_channel_heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT),
-                min_wait=_resume_delay(),
+                min_wait=resume_delay(),
             ),
             method_name="follow_complete",
         )  # fmt: skip
@@ -328,11 +330,6 @@ def _node_error(result: NodeResult, source: str, count: int) -> DbtException:
     error = classify_dbt_error(detail)
     kind = type(error) if type(error) is not DbtException else DbtRuntimeException
     return kind(f"{result.status.upper()} {result.unique_id} in {source}: {detail}{more}", node_id=result.unique_id)
-
-
-def _resume_delay() -> float:
-    """``[dlh_dbt] node_resume_delay``: the least seconds between a node task deferring and resuming."""
-    return configured_seconds("node_resume_delay", MIN_RESUME_SECONDS)
 
 
 def _epoch(value: Any) -> float | None:

@@ -24,14 +24,10 @@ from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEven
 from dlh_airflow_common.dbt.channel import DEFAULT_HEARTBEAT_TIMEOUT, ChannelReader, ChannelSpec, RunStatus
 from dlh_airflow_common.task_graph import build_watch, shared_reads
 from dlh_airflow_common.task_graph.node_verdict import NODE_XCOM, NodeVerdict, judge
+from dlh_airflow_common.triggers.dbt import RESUME_SECONDS
 
 log = logging.getLogger(__name__)
 FIRST_STATUS_SECONDS = 120.0  # a build's runner may take this long to publish its first status (remote store)
-# The least time between a node task deferring and its trigger firing. Airflow (3.3) identifies every run of a
-# task try by the same key: when a resumed run starts before the scheduler has handled the end of the run that
-# deferred, the scheduler takes that end for the new run's and fails it as "changed externally". Its loop
-# handles such an event within a second or two; this leaves room for a loaded scheduler.
-MIN_RESUME_SECONDS = 5.0
 
 
 def shared_status(spec: ChannelSpec) -> shared_reads.SharedRead[bytes | None]:
@@ -57,7 +53,7 @@ class DbtNodeTrigger(BaseTrigger):
     :param poll_interval: Seconds between looks at the shared status.
     :param accept_failure: False while a retried node task waits for the build's next try.
     :param heartbeat_timeout: Seconds without a heartbeat after which the build counts as gone.
-    :param min_wait: Seconds the trigger waits at least before it fires (``MIN_RESUME_SECONDS``).
+    :param min_wait: Seconds the trigger waits at least before it fires (``triggers.dbt.RESUME_SECONDS``).
     :param build_task_id: The build task to find first (the task started in the triggerer).
     :param end_in_triggerer: End a succeeded or skipped task here instead of resuming it on a worker.
     """
@@ -70,7 +66,7 @@ class DbtNodeTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         accept_failure: bool = True,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-        min_wait: float = MIN_RESUME_SECONDS,
+        min_wait: float = RESUME_SECONDS,
         build_task_id: str | None = None,
         end_in_triggerer: bool = False,
     ) -> None:

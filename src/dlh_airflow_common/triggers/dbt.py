@@ -27,6 +27,7 @@ from dlh_airflow_common.dbt.detached import PROCESS_FILE, DbtProcess, DetachedPr
 from dlh_airflow_common.dbt.processes import process_alive
 from dlh_airflow_common.dbt.report import ProgressReporter
 from dlh_airflow_common.exceptions.dbt import classify_dbt_error
+from dlh_airflow_common.settings import configured_seconds
 
 _STOP_POLL_SECONDS = 0.2
 _REMOVAL_SECONDS = 2.0  # what on_kill keeps of Airflow's on_kill_timeout for removing the run dir
@@ -58,6 +59,19 @@ def on_kill_timeout() -> float:
         return 30.0
 
 
+# The least time between a task deferring and its trigger firing (``[dlh_dbt] resume_delay``). Airflow 3.3 gives
+# every run of a task try one key: when the resumed run starts before the scheduler has handled the end of the
+# run that deferred (its supervisor reports it about 5 s late), the scheduler takes that end for the new run's
+# and fails the task ("TI was not in the running state", previous_state failed). Seen on the deployment tier
+# with a deferred dbt run that ended within seconds, and with task-graph node tasks.
+RESUME_SECONDS = 5.0
+
+
+def resume_delay() -> float:
+    """``[dlh_dbt] resume_delay``: the least seconds between a task deferring and its trigger firing."""
+    return configured_seconds("resume_delay", RESUME_SECONDS)
+
+
 class DbtExecutionTrigger(BaseTrigger):
     """Yields one event for a detached dbt run: ``success``, ``error``, ``timeout`` or ``lost``.
 
@@ -72,7 +86,8 @@ class DbtExecutionTrigger(BaseTrigger):
     the task) stops it the same way and then removes the run dir (``execute_complete`` never runs after a kill)
     unless ``keep_run_dir``. A runner that died without a status is ``lost``; dbt, if it outlived it, is stopped
     first. ``cleanup`` never stops or removes anything, so a triggerer restart leaves dbt running and the
-    re-created trigger keeps watching.
+    re-created trigger keeps watching. ``min_wait``: its event is never yielded sooner than that many seconds
+    after it started (``resume_delay``).
     """
 
     def __init__(
@@ -90,8 +105,10 @@ class DbtExecutionTrigger(BaseTrigger):
         keep_run_dir: bool = False,
         channel: dict[str, Any] | None = None,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        min_wait: float = 0.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.min_wait = min_wait
         self.run_dir = run_dir
         self.pid = pid
         self.host = host
@@ -127,6 +144,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 "keep_run_dir": self.keep_run_dir,
                 "channel": self.channel.to_dict(),
                 "heartbeat_timeout": self.heartbeat_timeout,
+                "min_wait": self.min_wait,
             },
         )
 
@@ -145,6 +163,13 @@ class DbtExecutionTrigger(BaseTrigger):
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """The run's one event, never sooner than ``min_wait`` after the trigger started (``RESUME_SECONDS``)."""
+        earliest = time.monotonic() + self.min_wait
+        async for event in self._watch():
+            await asyncio.sleep(max(0.0, earliest - time.monotonic()))
+            yield event
+
+    async def _watch(self) -> AsyncIterator[TriggerEvent]:
         reporter = ProgressReporter(self.log, max_nodes=0)  # the trigger only logs progress: keep no results
         same_host = self.host == socket.gethostname()
         # Start at a random phase of the interval: triggers created together (a triggerer restart re-creates
