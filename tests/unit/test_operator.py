@@ -55,6 +55,31 @@ def test_run_report_setting_reaches_the_try() -> None:
     assert off.hook._settings().run_report is False
 
 
+def test_settings_at_their_default_are_read_from_the_class_and_given_ones_from_the_instance() -> None:
+    """Each setting the class holds has its ``__init__`` default there, so an operator reads the same either way."""
+    import inspect
+
+    defaults = {
+        name: param.default
+        for name, param in inspect.signature(DbtOperator.__init__).parameters.items()
+        if name in vars(DbtOperator)
+    }
+    assert len(defaults) >= 27 and "threads" in defaults and "dbt_models" not in defaults
+    for name, default in defaults.items():
+        held = getattr(DbtOperator, name)
+        assert held == default and type(held) is type(default), name
+    plain = DbtOperator(task_id="t", dbt_project_dir="/nowhere")
+    assert not set(defaults) & set(vars(plain)), "defaults are not copied onto the instance"
+    assert (plain.threads, plain.check_interval, plain.run_report, plain.summary_pushed) == (None, 10.0, True, False)
+    given = DbtOperator(task_id="u", dbt_project_dir="/nowhere", threads=4, check_interval=10, publish_docs=True,
+                        artifacts_destination="/tmp/a", execution_timeout=60)  # fmt: skip
+    assert (given.threads, given.publish_docs, given.upload_artifacts) == (4, True, True)
+    assert type(given.check_interval) is int, "a value of another type is kept as given"
+    assert given.dbt_timeout is not None and given.dbt_timeout.total_seconds() == 60
+    assert (plain.threads, plain.upload_artifacts, plain.dbt_timeout) == (None, False, None)
+    assert all(name in vars(plain) for name in DbtOperator.template_fields), "templated fields are per instance"
+
+
 def test_execution_timeout_accepts_seconds() -> None:
     assert as_timedelta(90).total_seconds() == 90
     with pytest.raises(ValueError, match="positive number of seconds"):

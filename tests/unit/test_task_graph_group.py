@@ -99,6 +99,28 @@ def test_operator_args_may_not_set_what_each_task_sets(project: Path) -> None:
         DbtTaskGroup("graphy", dbt_project_dir=str(project), execution_mode="watcher")  # type: ignore[arg-type]
 
 
+def test_a_dbt_dag_survives_airflow_serialization(project: Path) -> None:
+    """What the DAG processor stores for the scheduler (Airflow 3.3's ``DagSerialization``, ``SerializedDAG``'s
+    successor): every task with its type, dependencies, template fields and the dbt links."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = DbtDag("graphy_dag", dbt_project_dir=str(project), conn_id="duck", schedule=None,
+                 start_date=datetime(2025, 1, 1), operator_args={"threads": 2})  # fmt: skip
+    data = DagSerialization.to_dict(dag)
+    restored = DagSerialization.from_dict(json.loads(json.dumps(data)))
+    assert set(restored.task_dict) == set(dag.task_dict)
+    for task_id, task in dag.task_dict.items():
+        again = restored.task_dict[task_id]
+        assert again.upstream_task_ids == task.upstream_task_ids, task_id
+        assert again.task_type == type(task).__name__, task_id
+        fields = {name: getattr(task, name) for name in task.template_fields}
+        assert {name: getattr(again, name) for name in task.template_fields} == fields, task_id
+        assert {link.name for link in again.operator_extra_links} == {"dbt Docs", "dbt Artifacts", "dbt Run Report"}
+    report = restored.task_dict["item_report"]
+    assert report.upstream_task_ids == {"stg_items", "stg_kinds"}
+    assert report.dbt_models[0] == "fqn:graphy.marts.item_report"
+
+
 def test_model_and_seed_tasks_declare_their_relation_as_an_asset(project: Path) -> None:
     with _dag():
         group = DbtTaskGroup("graphy", dbt_project_dir=str(project), test_behavior="after_all")

@@ -150,6 +150,45 @@ class DbtOperator(BaseOperator):
     ui_fgcolor = "#ffffff"
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink(), DbtRunReportLink())
 
+    # The settings below are read from the class while they keep their default: an instance sets only those given
+    # otherwise (``_set_given``), since every attribute set on an operator goes through BaseOperator.__setattr__
+    # and a task graph builds a thousand operators at each DAG parse. Each equals its ``__init__`` default.
+    dbt_project_conn_id: str | None = None
+    project_cache_dir: str | None = None
+    venv_path: str | None = None
+    conn_id: str | None = None
+    full_refresh: bool = False
+    threads: int | None = None
+    fail_fast: bool = False
+    keep_target_artifacts: bool = False
+    run_dir_root: str | None = None
+    invocation_mode: InvocationMode = "subprocess"
+    retry_limit: int = 3
+    transient_retry_delay: float = 1
+    retry_from_failure: bool = False
+    kill_grace_period: float = DEFAULT_GRACE_PERIOD
+    deferrable: bool = False
+    check_interval: float = 10.0
+    dbt_docs_url: str | None = None
+    artifacts_url: str | None = None
+    upload_artifacts: bool = False
+    artifacts_conn_id: str | None = None
+    artifacts_bucket: str | None = None
+    artifacts_destination: str | None = None
+    artifacts_compiled_sql: bool = False
+    artifacts_gzip: bool = False
+    artifacts_strict: bool = False
+    publish_docs: bool = False
+    orphan_run_dir_age: float | None = 3600.0
+    run_channel: str | None = None
+    run_channel_conn_id: str | None = None
+    run_report: bool = True
+    dbt_timeout: timedelta | None = None
+    _lineage: DbtLineage | None = None
+    # Whether this task pushed its summary: Airflow stores the extra links when the task ends, and a task that
+    # pushed none (it failed early, or a task-graph node followed the build) has nothing to look up.
+    summary_pushed: bool = False
+
     def __init__(
         self,
         *,
@@ -201,53 +240,40 @@ class DbtOperator(BaseOperator):
         # dbt is stopped gracefully at the timeout by the hook; Airflow's own timeout only backs it up.
         backstop = timeout + timedelta(seconds=kill_grace_period + _BACKSTOP_MARGIN_SECONDS) if timeout else None
         super().__init__(execution_timeout=backstop, **kwargs)
-        self.dbt_timeout = timeout
+        # the template fields are always the instance's own (Airflow renders and serializes them per task)
         self.dbt_project_dir = dbt_project_dir
-        self.dbt_project_conn_id = dbt_project_conn_id
-        self.project_cache_dir = project_cache_dir
         self.dbt_command = dbt_command
-        self.venv_path = venv_path
-        self.conn_id = conn_id
         self.target = target
         self.profiles_dir = profiles_dir
         self.dbt_models = dbt_models
         self.exclude = exclude
         self.selector = selector
         self.dbt_vars = dbt_vars
-        self.full_refresh = full_refresh
-        self.threads = threads
-        self.fail_fast = fail_fast
         self.env_vars = env_vars
         self.schema_override = schema_override
-        self.keep_target_artifacts = keep_target_artifacts
-        self.dbt_args = list(dbt_args or ())
-        self.run_dir_root = run_dir_root
-        self.invocation_mode: InvocationMode = invocation_mode
-        self.retry_limit = retry_limit
-        self.transient_retry_delay = transient_retry_delay
-        self.retry_from_failure = retry_from_failure
-        self.kill_grace_period = kill_grace_period
-        self.deferrable = deferrable
-        self.check_interval = check_interval
-        self.dbt_docs_url = dbt_docs_url
-        self.artifacts_url = artifacts_url
-        self.upload_artifacts = upload_artifacts or publish_docs
-        self.artifacts_conn_id = artifacts_conn_id
-        self.artifacts_bucket = artifacts_bucket
-        self.artifacts_destination = artifacts_destination
-        self.artifacts_compiled_sql = artifacts_compiled_sql
-        self.artifacts_gzip = artifacts_gzip
-        self.artifacts_strict = artifacts_strict
-        self.publish_docs = publish_docs
-        self.orphan_run_dir_age = orphan_run_dir_age
-        self.run_channel = run_channel
-        self.run_channel_conn_id = run_channel_conn_id
-        self.run_report = run_report
+        self.dbt_args = list(dbt_args or ())  # pre_execute may add to it
+        self._set_given(
+            dbt_timeout=timeout, dbt_project_conn_id=dbt_project_conn_id, project_cache_dir=project_cache_dir,
+            venv_path=venv_path, conn_id=conn_id, full_refresh=full_refresh, threads=threads,
+            fail_fast=fail_fast, keep_target_artifacts=keep_target_artifacts, run_dir_root=run_dir_root,
+            invocation_mode=invocation_mode, retry_limit=retry_limit, transient_retry_delay=transient_retry_delay,
+            retry_from_failure=retry_from_failure, kill_grace_period=kill_grace_period, deferrable=deferrable,
+            check_interval=check_interval, dbt_docs_url=dbt_docs_url, artifacts_url=artifacts_url,
+            upload_artifacts=upload_artifacts or publish_docs, artifacts_conn_id=artifacts_conn_id,
+            artifacts_bucket=artifacts_bucket, artifacts_destination=artifacts_destination,
+            artifacts_compiled_sql=artifacts_compiled_sql, artifacts_gzip=artifacts_gzip,
+            artifacts_strict=artifacts_strict, publish_docs=publish_docs, orphan_run_dir_age=orphan_run_dir_age,
+            run_channel=run_channel, run_channel_conn_id=run_channel_conn_id, run_report=run_report,
+        )  # fmt: skip
         self._artifact_settings().validate()
-        self._lineage: DbtLineage | None = None
-        # Whether this task pushed its summary: Airflow stores the extra links when the task ends, and a task
-        # that pushed none (it failed early, or a task-graph node followed the build) has nothing to look up.
-        self.summary_pushed = False
+
+    def _set_given(self, **settings: Any) -> None:
+        """Set on the instance each setting that differs from its class default (the default is read from the
+        class): an equal value of the same type is left unset."""
+        for name, value in settings.items():
+            default = getattr(DbtOperator, name)
+            if value is not default and (type(value) is not type(default) or value != default):
+                setattr(self, name, value)
 
     @cached_property
     def hook(self) -> DbtHook:

@@ -114,6 +114,7 @@ def add_graph_tasks(
     nodes = graph.by_id()
     namespace = graph.dataset_namespace if model_assets else None
     groups: dict[tuple[str, ...], TaskGroup] = {}
+    waiting: dict[str, list[Any]] = {}
     for spec in rendered.tasks:
         with _group_for(spec.group, groups):
             own = dict(args)
@@ -121,10 +122,26 @@ def add_graph_tasks(
                 own["outlets"] = [*node_assets(namespace, nodes[spec.node_id]), *(args.get("outlets") or ())]
             own["start_in_triggerer"] = node_tasks_in_triggerer
             tasks[spec.full_id] = _node_task(spec, nodes, selection, dbt_project_dir, build, own, test_behavior)
-    for spec in rendered.tasks:
-        for upstream in spec.upstream:
-            tasks[upstream] >> tasks[spec.full_id]
+        _link(spec, tasks, waiting)
     return tasks
+
+
+def _link(spec: TaskSpec, tasks: Mapping[str, Any], waiting: dict[str, list[Any]]) -> None:
+    """Set a new task's dependencies on the tasks created before it, and of the tasks that waited for it.
+
+    Airflow hashes the whole DAG once for every task in a ``set_upstream``/``>>`` call: one call per task and
+    direction, made while the DAG is still growing, hashes fewer and smaller DAGs than one ``>>`` per edge at the end.
+    """
+    task = tasks[spec.full_id]
+    created = [tasks[upstream] for upstream in spec.upstream if upstream in tasks]
+    for upstream in spec.upstream:
+        if upstream not in tasks:
+            waiting.setdefault(upstream, []).append(task)
+    if created:
+        task.set_upstream(created)
+    later = waiting.pop(spec.full_id, None)
+    if later:
+        task.set_downstream(later)
 
 
 def _node_task(
