@@ -61,3 +61,11 @@ def task_exceptions() -> tuple[type[BaseException], type[BaseException], type[Ba
     except ImportError:
         from airflow.exceptions import AirflowRescheduleException, AirflowSkipException, TaskDeferred
     return TaskDeferred, AirflowRescheduleException, AirflowSkipException
+
+
+def dag_serialization() -> Any:
+    """What the DAG processor stores a DAG with for the scheduler: ``DagSerialization`` (Airflow >= 3.3), else
+    ``SerializedDAG``; both have ``to_dict`` and ``from_dict``."""
+    from airflow.serialization import serialized_objects
+
+    return getattr(serialized_objects, "DagSerialization", None) or serialized_objects.SerializedDAG

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk import DAG
 
+from airflow_compat import dag_serialization
 from dlh_airflow_common.exceptions.dbt import DbtException
 from dlh_airflow_common.task_graph import DbtDag, DbtTaskGroup
 from dlh_airflow_common.task_graph.build import locate
@@ -100,14 +101,12 @@ def test_operator_args_may_not_set_what_each_task_sets(project: Path) -> None:
 
 
 def test_a_dbt_dag_survives_airflow_serialization(project: Path) -> None:
-    """What the DAG processor stores for the scheduler (Airflow 3.3's ``DagSerialization``, ``SerializedDAG``'s
-    successor): every task with its type, dependencies, template fields and the dbt links."""
-    from airflow.serialization.serialized_objects import DagSerialization
-
+    """What the DAG processor stores for the scheduler (``airflow_compat.dag_serialization``): every task with its
+    type, dependencies, template fields and the dbt links."""
+    codec = dag_serialization()
     dag = DbtDag("graphy_dag", dbt_project_dir=str(project), conn_id="duck", schedule=None,
                  start_date=datetime(2025, 1, 1), operator_args={"threads": 2})  # fmt: skip
-    data = DagSerialization.to_dict(dag)
-    restored = DagSerialization.from_dict(json.loads(json.dumps(data)))
+    restored = codec.from_dict(json.loads(json.dumps(codec.to_dict(dag))))
     assert set(restored.task_dict) == set(dag.task_dict)
     for task_id, task in dag.task_dict.items():
         again = restored.task_dict[task_id]
@@ -134,8 +133,6 @@ def test_model_and_seed_tasks_declare_their_relation_as_an_asset(project: Path) 
 
 
 def test_node_tasks_start_in_the_triggerer_and_end_there_only_without_outlets(project: Path) -> None:
-    from airflow.serialization import serialized_objects
-
     from dlh_airflow_common.task_graph.operators import STARTS_IN_TRIGGERER
 
     dag = DbtDag("graphy_start", dbt_project_dir=str(project), test_behavior="after_all", schedule=None,
@@ -150,7 +147,7 @@ def test_node_tasks_start_in_the_triggerer_and_end_there_only_without_outlets(pr
     assert kwargs["build_task_id"] == "dbt_build" and kwargs["node_id"] == "model.graphy.item_report"
     assert kwargs["end_in_triggerer"] is False, "a task with an asset outlet ends on a worker, which registers it"
     assert tests.start_trigger_args.trigger_kwargs["end_in_triggerer"] is True
-    codec = serialized_objects.DagSerialization  # what the dag-processor stores and the scheduler reads (3.3)
+    codec = dag_serialization()
     restored = codec.from_dict(codec.to_dict(dag)).task_dict["item_report"]
     assert restored.start_from_trigger and restored.start_trigger_args.next_method == "follow_complete"
     assert "model.graphy.item_report" in str(restored.start_trigger_args.trigger_kwargs)
