@@ -36,6 +36,7 @@ from channel_poll import measure as measure_channel_poll  # noqa: E402
 from deferrable import measure as measure_deferrable  # noqa: E402
 from generate_project import generate  # noqa: E402
 from make_artifacts import scale_manifest, scale_run_results  # noqa: E402
+from node_triggers import measure as measure_node_triggers  # noqa: E402
 from remote_project import measure as measure_remote_project  # noqa: E402
 from run_report import measure as measure_run_report  # noqa: E402
 from task_graph import measure as measure_task_graph  # noqa: E402
@@ -584,9 +585,9 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report,task_graph,task_graph_deployment,"
-        "remote_project",
+        "node_triggers,remote_project",
         help="comma-separated subset of p1,p2,p3,p6,deferrable,worker_slot,channel_poll,run_report,task_graph,"
-        "task_graph_deployment,remote_project",
+        "task_graph_deployment,node_triggers,remote_project",
     )
     args = parser.parse_args()
     if args.quick:
@@ -647,6 +648,10 @@ def main() -> None:
         report.sections.append(section)
     if "task_graph_deployment" in only:  # issue 13: bench/task_graph_deployment.py, T2 on a real deployment
         figures, section = measure_task_graph_deployment(bench.env, work, quick=args.quick)
+        report.figures += [Figure(*row) for row in figures]
+        report.sections.append(section)
+    if "node_triggers" in only:  # issue 13: bench/node_triggers.py, triggerer CPU per node task
+        figures, section = measure_node_triggers(bench.env, work, quick=args.quick)
         report.figures += [Figure(*row) for row in figures]
         report.sections.append(section)
     if "remote_project" in only:  # issue 16: bench/remote_project.py, first and warm start from S3 and git
