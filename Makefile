@@ -58,7 +58,8 @@ typecheck: install
 # 10,000-node run report built and opened in Chromium (bench/run_report.py, about 2 more), DbtTaskGroup against
 # astronomer-cosmos in cosmos's own virtualenv, bench/.work/cosmos-venv (bench/task_graph.py, about 35 more),
 # a 500-model DbtDag on a real deployment against plain dbt build (bench/task_graph_deployment.py),
-# triggerer CPU per node task (bench/node_triggers.py, about 2 more), first and warm task starts with the 1,000-model project from S3 and git (bench/remote_project.py, about 4 more),
+# triggerer CPU per node task (bench/node_triggers.py, about 2 more), first and warm task starts with the
+# 1,000-model project from S3 and git (bench/remote_project.py, about 4 more),
 # and rewrite docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)

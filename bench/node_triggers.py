@@ -30,7 +30,7 @@ for _path in (BENCH, ROOT / "tests", ROOT / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bench_output import emit  # noqa: E402
+from bench_output import emit, run_script  # noqa: E402
 
 CONN_ID = "bench_nodes_s3"
 BUILD = """
@@ -146,11 +146,7 @@ def report(result: dict[str, Any]) -> tuple[list[tuple[str, ...]], str]:
 
 def measure(env: dict[str, str], work: Path, *, quick: bool = False) -> tuple[list[tuple[str, ...]], str]:
     """For bench/run_bench.py: this script in a fresh interpreter; its rows and section."""
-    argv = [sys.executable, str(Path(__file__).resolve()), *(["--nodes", "100"] if quick else [])]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800, cwd=work)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/node_triggers.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return report(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return report(run_script(__file__, ["--nodes", "100"] if quick else [], env, work, timeout=1800))
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ for _path in (BENCH, ROOT / "tests", ROOT / "tests" / "deployment"):  # the depl
         sys.path.insert(0, str(_path))
 
 from airflow_deployment import AirflowDeployment  # noqa: E402
-from bench_output import emit  # noqa: E402
+from bench_output import emit, run_script  # noqa: E402
 from generate_project import generate  # noqa: E402
 
 from pg_server import PostgresServer  # noqa: E402
@@ -154,11 +154,7 @@ def report(result: dict[str, Any]) -> tuple[list[tuple[str, ...]], str]:
 
 def measure(env: dict[str, str], work: Path, *, quick: bool = False) -> tuple[list[tuple[str, ...]], str]:
     """For bench/run_bench.py: this script in a fresh interpreter; its rows and section."""
-    argv = [sys.executable, str(Path(__file__).resolve()), *(["--models", "100"] if quick else [])]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=7200, cwd=work)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/task_graph_deployment.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return report(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return report(run_script(__file__, ["--models", "100"] if quick else [], env, work, timeout=7200))
 
 
 def main() -> None:
