@@ -1,4 +1,5 @@
-"""What every bench script prints at its end: optionally the docs/benchmarks.md rows and section, then its JSON."""
+"""What every bench script prints at its end (optionally the docs/benchmarks.md rows and section, then its JSON),
+and how bench/run_bench.py runs one in a fresh interpreter and reads that JSON back."""
 
 from __future__ import annotations
 
