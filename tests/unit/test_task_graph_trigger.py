@@ -24,12 +24,8 @@ def result_event(unique_id: str, status: str) -> dict[str, Any]:
 
 
 async def _events(triggers: list[DbtNodeTrigger]) -> list[dict[str, Any]]:
-    async def first(trigger: DbtNodeTrigger) -> dict[str, Any]:
-        async for event in trigger.run():
-            return dict(event.payload)
-        raise AssertionError("no event")
-
-    return list(await asyncio.gather(*(first(trigger) for trigger in triggers)))
+    """The payload of each trigger's first event (``_first_events``)."""
+    return [dict(event.payload) for event in await _first_events(triggers)]
 
 
 def test_fifty_node_triggers_share_one_read_per_poll_and_each_gets_its_verdict(
